@@ -1,0 +1,159 @@
+//! Provisioning backends: where an environment's data and credentials actually live.
+//!
+//! Every backend follows the same protocol, driven by the environment service:
+//! `plan` names everything that will be created (recorded before anything exists, so a crash
+//! can be rolled back), `provision` creates it, and `teardown` removes it idempotently — it
+//! must succeed on resources that were only planned, half-made, or already gone.
+
+pub mod postgres;
+
+use crate::domain::{EnvKey, Isolation};
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What an environment is asked to be.
+#[derive(Debug, Clone)]
+pub struct ProvisionRequest {
+    pub id: Uuid,
+    pub key: EnvKey,
+    pub isolation: Isolation,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Backend-specific names and ids of what an environment owns on its target, kept in the
+/// control store as JSON.
+pub type Resources = serde_json::Map<String, serde_json::Value>;
+
+/// A secret string that is never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// How a caller reaches an environment.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub schema: Option<String>,
+    pub user: String,
+    pub password: Secret,
+    /// Extra URI query parameters, e.g. `sslmode=require`.
+    pub params: Vec<(String, String)>,
+}
+
+impl Connection {
+    /// `postgresql://user:password@host:port/database?…`, every part percent-encoded.
+    pub fn uri(&self, reveal: bool) -> String {
+        use percent_encoding::{utf8_percent_encode as enc, NON_ALPHANUMERIC as SET};
+        let password = if reveal { enc(self.password.expose(), SET).to_string() } else { "***".into() };
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let mut uri = format!(
+            "postgresql://{}:{}@{}:{}/{}",
+            enc(&self.user, SET),
+            password,
+            host,
+            self.port,
+            enc(&self.database, SET)
+        );
+        let mut params = self.params.clone();
+        if let Some(schema) = &self.schema {
+            params.push(("options".into(), format!("-csearch_path={schema}")));
+        }
+        for (i, (k, v)) in params.iter().enumerate() {
+            uri.push(if i == 0 { '?' } else { '&' });
+            uri.push_str(&format!("{}={}", enc(k, SET), enc(v, SET)));
+        }
+        uri
+    }
+}
+
+/// The state of a target as seen from previewdb.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TargetHealth {
+    pub healthy: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The target cannot be reached right now; the caller may retry.
+    #[error("target unavailable: {message}")]
+    Unavailable { message: String, retry_after: Option<Duration> },
+    /// The target refuses because a limit was reached (e.g. Neon's branch limit).
+    #[error("{message}")]
+    LimitReached { message: String },
+    /// The request cannot be served as asked (e.g. an isolation the backend lacks).
+    #[error("{message}")]
+    Invalid { message: String },
+    /// The target answered with an error.
+    #[error("{message}")]
+    Failed { message: String },
+}
+
+impl BackendError {
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self::Failed { message: message.into() }
+    }
+}
+
+/// One target kind. Implementations must keep caller strings out of SQL and credentials out of
+/// logs and error messages.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// Isolations this backend offers; the first is the default.
+    fn isolations(&self) -> &'static [Isolation];
+
+    /// Names everything `provision` will create for this request.
+    fn plan(&self, req: &ProvisionRequest) -> Result<Resources, BackendError>;
+
+    /// Creates the environment. May add ids learnt on the way to `resources`. On failure, what
+    /// was created is removed before returning (the service also runs `teardown` as a backstop).
+    async fn provision(
+        &self,
+        req: &ProvisionRequest,
+        resources: &mut Resources,
+    ) -> Result<Connection, BackendError>;
+
+    /// Revokes credentials, ends sessions and removes the data. Idempotent.
+    async fn teardown(&self, resources: &Resources) -> Result<(), BackendError>;
+
+    /// Moves the credentials' expiry along with the environment's.
+    async fn extend(&self, resources: &Resources, expires_at: DateTime<Utc>) -> Result<(), BackendError>;
+
+    /// Replaces the password; the old one stops working at once. Returns the new connection.
+    async fn rotate_credentials(
+        &self,
+        resources: &Resources,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Connection, BackendError>;
+
+    /// Returns the environment's data to its starting point, keeping its credentials.
+    async fn reset(&self, resources: &Resources) -> Result<(), BackendError>;
+
+    async fn health(&self) -> TargetHealth;
+}
+
+/// Reads a string entry of `Resources`.
+pub fn resource<'a>(resources: &'a Resources, name: &str) -> Option<&'a str> {
+    resources.get(name).and_then(|v| v.as_str())
+}

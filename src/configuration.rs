@@ -1,0 +1,382 @@
+//! previewdb.toml: parsed, validated and resolved once at start-up. Errors name the key.
+
+use crate::domain::{PgIdent, Ttl};
+use anyhow::{anyhow, bail, Context};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Raw file layout. Unknown keys are refused so that a typo fails loudly.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    control_url: Option<String>,
+    default_target: Option<String>,
+    default_blueprint: Option<String>,
+    default_ttl: Option<String>,
+    max_ttl: Option<String>,
+    encryption_key: Option<String>,
+    encryption_key_env: Option<String>,
+    max_body_bytes: Option<usize>,
+    #[serde(default)]
+    tokens: Vec<RawToken>,
+    #[serde(default)]
+    targets: BTreeMap<String, RawTarget>,
+    #[serde(default)]
+    blueprints: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    sha256: String,
+    scopes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum RawTarget {
+    Postgres {
+        admin_url: Option<String>,
+        admin_url_env: Option<String>,
+        public_host: String,
+        public_port: Option<u16>,
+        max_environments: Option<u32>,
+        connection_limit: Option<i32>,
+        revoke_public_connect: Option<bool>,
+    },
+    Neon(NeonTargetConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeonTargetConfig {
+    #[serde(default = "default_neon_api_url")]
+    pub api_url: String,
+    #[serde(default = "default_neon_key_env")]
+    pub api_key_env: String,
+    pub api_key_file: Option<PathBuf>,
+    pub project_id: String,
+    pub parent_branch: String,
+    #[serde(default = "default_neon_database")]
+    pub database: String,
+    pub autoscaling_limit_min_cu: Option<f64>,
+    pub autoscaling_limit_max_cu: Option<f64>,
+    pub suspend_timeout_seconds: Option<i64>,
+    #[serde(default)]
+    pub pooled: bool,
+    /// Overall deadline for one Neon call including retries and operation waits, e.g. "3m".
+    pub deadline: Option<String>,
+    pub max_environments: Option<u32>,
+}
+
+fn default_neon_api_url() -> String {
+    "https://console.neon.tech/api/v2".into()
+}
+fn default_neon_key_env() -> String {
+    "NEON_API_KEY".into()
+}
+fn default_neon_database() -> String {
+    "neondb".into()
+}
+
+/// API token scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Scope {
+    #[serde(rename = "environments:read")]
+    Read,
+    #[serde(rename = "environments:write")]
+    Write,
+    #[serde(rename = "environments:delete")]
+    Delete,
+    #[serde(rename = "admin")]
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 4] = [Scope::Read, Scope::Write, Scope::Delete, Scope::Admin];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|sc| sc.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "environments:read",
+            Scope::Write => "environments:write",
+            Scope::Delete => "environments:delete",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    pub name: String,
+    /// SHA-256 of the token, 32 bytes.
+    pub sha256: [u8; 32],
+    pub scopes: Vec<Scope>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresTargetConfig {
+    pub admin_url: String,
+    pub public_host: String,
+    pub public_port: u16,
+    pub max_environments: u32,
+    /// `CONNECTION LIMIT` of each environment role.
+    pub connection_limit: i32,
+    /// Revoke PUBLIC's CONNECT on the target's other databases at start-up, so that an
+    /// environment's role can reach its own database only.
+    pub revoke_public_connect: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum TargetConfig {
+    Postgres(PostgresTargetConfig),
+    Neon(NeonTargetConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub control_url: String,
+    pub default_target: String,
+    pub default_blueprint: Option<String>,
+    pub default_ttl: Ttl,
+    pub max_ttl: Ttl,
+    /// 32-byte key that seals stored passwords.
+    pub encryption_key: [u8; 32],
+    pub max_body_bytes: usize,
+    pub tokens: Vec<ApiToken>,
+    pub targets: BTreeMap<String, TargetConfig>,
+    /// Blueprint tables, resolved by the blueprint module; paths are relative to `base_dir`.
+    pub blueprints: BTreeMap<String, toml::Value>,
+    pub base_dir: PathBuf,
+}
+
+/// Environment variables that override the file.
+pub const ENV_CONTROL_URL: &str = "PREVIEWDB_CONTROL_URL";
+pub const ENV_ENCRYPTION_KEY: &str = "PREVIEWDB_ENCRYPTION_KEY";
+pub const ENV_LISTEN: &str = "PREVIEWDB_LISTEN";
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&text, &base).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    /// Parses a config document; relative paths resolve against `base_dir`.
+    pub fn parse(text: &str, base_dir: &Path) -> anyhow::Result<Self> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow!("{e}"))?;
+        Self::from_raw(raw, base_dir)
+    }
+
+    /// Merges `extra` (a `--config` given to `previewdb dev`) into `self`: its targets, tokens and
+    /// blueprints are added, and its scalar settings win.
+    pub fn merge_file(&mut self, path: &Path) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        let raw: RawConfig = toml::from_str(&text)
+            .map_err(|e| anyhow!("{e}"))
+            .with_context(|| format!("in config file {}", path.display()))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let extra = Self::from_raw_partial(raw, &base, Some(self))
+            .with_context(|| format!("in config file {}", path.display()))?;
+        *self = extra;
+        Ok(())
+    }
+
+    fn from_raw(raw: RawConfig, base_dir: &Path) -> anyhow::Result<Self> {
+        Self::from_raw_partial(raw, base_dir, None)
+    }
+
+    fn from_raw_partial(raw: RawConfig, base_dir: &Path, base: Option<&Config>) -> anyhow::Result<Self> {
+        let listen = match std::env::var(ENV_LISTEN).ok().or(raw.listen) {
+            Some(s) => s.parse().map_err(|e| anyhow!("listen: {s:?} is not an address: {e}"))?,
+            None => base.map(|b| b.listen).unwrap_or(([0, 0, 0, 0], 8080).into()),
+        };
+        let control_url = std::env::var(ENV_CONTROL_URL)
+            .ok()
+            .or(raw.control_url)
+            .or_else(|| base.map(|b| b.control_url.clone()))
+            .ok_or_else(|| anyhow!("control_url: missing (or set {ENV_CONTROL_URL})"))?;
+        control_url.parse::<tokio_postgres::Config>()
+            .map_err(|e| anyhow!("control_url: not a PostgreSQL connection string: {e}"))?;
+        let ttl = |key: &str, v: Option<String>, fallback: Option<Ttl>, dflt: &str| -> anyhow::Result<Ttl> {
+            match v {
+                Some(s) => Ttl::parse(&s).map_err(|e| anyhow!("{key}: {}", e.reason)),
+                None => Ok(fallback.unwrap_or_else(|| Ttl::parse(dflt).expect("valid default"))),
+            }
+        };
+        let default_ttl = ttl("default_ttl", raw.default_ttl, base.map(|b| b.default_ttl), "48h")?;
+        let max_ttl = ttl("max_ttl", raw.max_ttl, base.map(|b| b.max_ttl), "14d")?;
+        if default_ttl > max_ttl {
+            bail!("default_ttl: {default_ttl} is longer than max_ttl {max_ttl}");
+        }
+
+        let key_env = raw.encryption_key_env.unwrap_or_else(|| ENV_ENCRYPTION_KEY.to_string());
+        let encryption_key = match std::env::var(&key_env).ok().or(raw.encryption_key) {
+            Some(k) => parse_key(&k).with_context(|| format!("encryption_key (or ${key_env})"))?,
+            None => match base {
+                Some(b) => b.encryption_key,
+                None => bail!("encryption_key: missing (set it, or ${key_env}, to 64 hex characters)"),
+            },
+        };
+
+        let mut tokens = base.map(|b| b.tokens.clone()).unwrap_or_default();
+        for (i, t) in raw.tokens.into_iter().enumerate() {
+            let at = format!("tokens[{i}] ({})", t.name);
+            let digest = hex::decode(t.sha256.trim())
+                .ok()
+                .and_then(|d| <[u8; 32]>::try_from(d).ok())
+                .ok_or_else(|| anyhow!("{at}.sha256: must be 64 hex characters (sha256 of the token)"))?;
+            let scopes = t
+                .scopes
+                .iter()
+                .map(|s| Scope::parse(s).ok_or_else(|| anyhow!("{at}.scopes: unknown scope {s:?}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            tokens.push(ApiToken { name: t.name, sha256: digest, scopes });
+        }
+
+        let mut targets = base.map(|b| b.targets.clone()).unwrap_or_default();
+        for (name, t) in raw.targets {
+            PgIdent::parse(&name).map_err(|_| {
+                anyhow!("targets.{name}: target names must be lowercase letters, digits and _")
+            })?;
+            let at = format!("targets.{name}");
+            let target = match t {
+                RawTarget::Postgres {
+                    admin_url,
+                    admin_url_env,
+                    public_host,
+                    public_port,
+                    max_environments,
+                    connection_limit,
+                    revoke_public_connect,
+                } => {
+                    let admin_url = admin_url_env
+                        .as_deref()
+                        .and_then(|v| std::env::var(v).ok())
+                        .or(admin_url)
+                        .ok_or_else(|| anyhow!("{at}.admin_url: missing"))?;
+                    admin_url.parse::<tokio_postgres::Config>()
+                        .map_err(|e| anyhow!("{at}.admin_url: not a PostgreSQL connection string: {e}"))?;
+                    TargetConfig::Postgres(PostgresTargetConfig {
+                        admin_url,
+                        public_host,
+                        public_port: public_port.unwrap_or(5432),
+                        max_environments: max_environments.unwrap_or(500),
+                        connection_limit: connection_limit.unwrap_or(20),
+                        revoke_public_connect: revoke_public_connect.unwrap_or(true),
+                    })
+                }
+                RawTarget::Neon(n) => {
+                    if n.project_id.is_empty() || n.parent_branch.is_empty() {
+                        bail!("{at}: project_id and parent_branch are required");
+                    }
+                    if let Some(d) = &n.deadline {
+                        Ttl::parse(d).map_err(|e| anyhow!("{at}.deadline: {}", e.reason))?;
+                    }
+                    TargetConfig::Neon(n)
+                }
+            };
+            targets.insert(name, target);
+        }
+
+        let default_target = raw
+            .default_target
+            .or_else(|| base.map(|b| b.default_target.clone()))
+            .or_else(|| (targets.len() == 1).then(|| targets.keys().next().cloned()).flatten())
+            .ok_or_else(|| anyhow!("default_target: missing (and there is not exactly one target)"))?;
+        if !targets.contains_key(&default_target) {
+            bail!("default_target: no target named {default_target:?} under [targets]");
+        }
+
+        let mut blueprints = base.map(|b| b.blueprints.clone()).unwrap_or_default();
+        for (name, mut bp) in raw.blueprints {
+            PgIdent::parse(&name).map_err(|_| {
+                anyhow!("blueprints.{name}: blueprint names must be lowercase letters, digits and _")
+            })?;
+            // Remember where relative paths of this table point.
+            if let toml::Value::Table(t) = &mut bp {
+                t.insert("__base_dir".into(), toml::Value::String(base_dir.display().to_string()));
+            }
+            blueprints.insert(name, bp);
+        }
+        let default_blueprint = raw.default_blueprint.or_else(|| base.and_then(|b| b.default_blueprint.clone()));
+        if let Some(bp) = &default_blueprint {
+            if !blueprints.contains_key(bp) {
+                bail!("default_blueprint: no blueprint named {bp:?} under [blueprints]");
+            }
+        }
+
+        Ok(Config {
+            listen,
+            control_url,
+            default_target,
+            default_blueprint,
+            default_ttl,
+            max_ttl,
+            encryption_key,
+            max_body_bytes: raw.max_body_bytes.or(base.map(|b| b.max_body_bytes)).unwrap_or(4 << 20),
+            tokens,
+            targets,
+            blueprints,
+            base_dir: base.map(|b| b.base_dir.clone()).unwrap_or_else(|| base_dir.to_path_buf()),
+        })
+    }
+}
+
+fn parse_key(s: &str) -> anyhow::Result<[u8; 32]> {
+    hex::decode(s.trim())
+        .ok()
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        .ok_or_else(|| anyhow!("must be 32 bytes written as 64 hex characters"))
+}
+
+/// SHA-256 of a bearer token, as stored in the config.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn parse(extra: &str) -> anyhow::Result<Config> {
+        let text = format!(
+            "control_url = \"postgres://u@h/db\"\nencryption_key = \"{KEY}\"\n{extra}\n\
+             [targets.local]\nkind = \"postgres\"\nadmin_url = \"postgres://a@h/postgres\"\npublic_host = \"h\"\n"
+        );
+        Config::parse(&text, Path::new("."))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.default_target, "local");
+        assert_eq!(c.default_ttl.to_string(), "2d");
+        assert_eq!(c.max_ttl.to_string(), "14d");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = format!("{:#}", parse("default_ttl = \"forever\"").unwrap_err());
+        assert!(e.contains("default_ttl"), "{e}");
+        let e = format!("{:#}", parse("lisen = \"x\"").unwrap_err());
+        assert!(e.contains("lisen"), "{e}");
+        let e = format!("{:#}", parse("default_target = \"nope\"").unwrap_err());
+        assert!(e.contains("default_target"), "{e}");
+        let e = format!("{:#}", parse("[[tokens]]\nname = \"ci\"\nsha256 = \"zz\"\nscopes = []").unwrap_err());
+        assert!(e.contains("tokens[0] (ci).sha256"), "{e}");
+    }
+}

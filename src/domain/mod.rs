@@ -1,0 +1,27 @@
+//! Caller input parsed once at the edge into types that can only hold valid values.
+
+mod env_key;
+mod identifier;
+mod isolation;
+mod labels;
+mod ttl;
+
+pub use env_key::EnvKey;
+pub use identifier::PgIdent;
+pub use isolation::Isolation;
+pub use labels::Labels;
+pub use ttl::Ttl;
+
+/// Why a piece of caller input was refused; `field` names what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidInput {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl InvalidInput {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self { field, reason: reason.into() }
+    }
+}

@@ -1,0 +1,235 @@
+//! A private PostgreSQL cluster run from the server binaries installed on this machine: the
+//! store and target of `previewdb dev`, and the real server every test talks to.
+
+use anyhow::{anyhow, bail, Context};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The cluster's bootstrap superuser. It alone may log in without a password, and only over the
+/// cluster's Unix socket (mode 0700); every other role needs its SCRAM password.
+pub const ADMIN_USER: &str = "previewdb_admin";
+
+const INSTALL_HINT: &str = "PostgreSQL server binaries (initdb, postgres) were not found on PATH \
+or under /usr/lib/postgresql/*/bin. Install the server package, e.g. `apt-get install \
+postgresql` (Debian/Ubuntu), `dnf install postgresql-server` (Fedora) or `brew install \
+postgresql@16` (macOS), or put its bin directory on PATH.";
+
+pub struct EmbeddedPostgres {
+    data_dir: PathBuf,
+    socket_dir: PathBuf,
+    port: u16,
+    child: Mutex<Option<Child>>,
+}
+
+impl EmbeddedPostgres {
+    /// Locates `initdb` and `postgres`: next to a `postgres` on PATH, else the newest
+    /// `/usr/lib/postgresql/<major>/bin`.
+    pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
+        let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
+        if let Some(path) = std::env::var_os("PATH") {
+            for dir in std::env::split_paths(&path) {
+                let candidate = dir.join("postgres");
+                if candidate.is_file() {
+                    let real = std::fs::canonicalize(&candidate).unwrap_or(candidate);
+                    if let Some(bin) = real.parent().filter(|d| has_server(d)) {
+                        return Ok(bin.to_path_buf());
+                    }
+                }
+            }
+        }
+        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let major = e.file_name().to_str()?.parse().ok()?;
+                let bin = e.path().join("bin");
+                has_server(&bin).then_some((major, bin))
+            })
+            .collect();
+        versions.sort();
+        versions.pop().map(|(_, bin)| bin).ok_or_else(|| anyhow!(INSTALL_HINT))
+    }
+
+    /// Initialises `data_dir` when it holds no cluster yet, then starts the server on a free
+    /// local port. The server is a child of this process and dies with it.
+    pub fn start(data_dir: &Path) -> anyhow::Result<Self> {
+        let bin = Self::find_bin_dir()?;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+        let data_dir = std::fs::canonicalize(data_dir)?;
+        let run_as = unprivileged_user()?;
+        let socket_dir = socket_dir_for(&data_dir)?;
+        let pgdata = data_dir.join("pgdata");
+        if let Some((uid, gid)) = run_as {
+            for dir in [&data_dir, &socket_dir] {
+                std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+                    .with_context(|| format!("handing {} to the postgres user", dir.display()))?;
+            }
+        }
+
+        if !pgdata.join("PG_VERSION").exists() {
+            let out = server_command(&bin.join("initdb"), run_as)
+                .arg("-D")
+                .arg(&pgdata)
+                .args(["-U", ADMIN_USER, "-E", "UTF8", "--no-locale", "--auth-local=trust"])
+                .args(["--auth-host=scram-sha-256", "--no-sync"])
+                .output()
+                .context("running initdb")?;
+            if !out.status.success() {
+                bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            std::fs::write(pgdata.join("pg_hba.conf"), PG_HBA)?;
+        }
+
+        let port = free_port()?;
+        let log_path = data_dir.join("postgres.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&log_path, Some(uid), Some(gid))?;
+        }
+        let mut cmd = server_command(&bin.join("postgres"), run_as);
+        cmd.arg("-D").arg(&pgdata).arg("-p").arg(port.to_string());
+        for setting in [
+            "listen_addresses=127.0.0.1".to_string(),
+            format!("unix_socket_directories={}", socket_dir.display()),
+            "unix_socket_permissions=0700".into(),
+            "max_connections=300".into(),
+            "password_encryption=scram-sha-256".into(),
+            // A development and test cluster: durability is traded for speed.
+            "fsync=off".into(),
+            "synchronous_commit=off".into(),
+            "full_page_writes=off".into(),
+        ] {
+            cmd.arg("-c").arg(setting);
+        }
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        // SAFETY: prctl is async-signal-safe; it makes the kernel stop the server when the
+        // thread that started it ends, so a killed test run or CLI leaves no server behind.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().context("starting postgres")?;
+        let pg = Self { data_dir, socket_dir, port, child: Mutex::new(Some(child)) };
+        pg.wait_ready(&log_path)?;
+        Ok(pg)
+    }
+
+    fn wait_ready(&self, log_path: &Path) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let socket = self.socket_dir.join(format!(".s.PGSQL.{}", self.port));
+        loop {
+            if let Some(status) = self.child.lock().unwrap().as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                let log = std::fs::read_to_string(log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!("postgres exited during start-up ({status}):\n{}", tail.join("\n"));
+            }
+            // The socket appears once the postmaster accepts connections on it.
+            if socket.exists() && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("postgres did not become ready within 60 s; see {}", log_path.display());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// A connection URL for the admin over the Unix socket.
+    pub fn admin_url(&self, database: &str) -> String {
+        let host: String = percent_encoding::utf8_percent_encode(
+            &self.socket_dir.to_string_lossy(),
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .to_string();
+        format!("postgresql://{ADMIN_USER}@/{database}?host={host}&port={}", self.port)
+    }
+
+    /// Fast shutdown: ends sessions, then waits for the server to exit.
+    pub fn stop(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for EmbeddedPostgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+const PG_HBA: &str = "\
+# Written by previewdb: only the admin, on the private socket, logs in without a password.
+local   all  previewdb_admin                  trust
+local   all  all                              scram-sha-256
+host    all  previewdb_admin  0.0.0.0/0       reject
+host    all  previewdb_admin  ::/0            reject
+host    all  all              127.0.0.1/32    scram-sha-256
+host    all  all              ::1/128         scram-sha-256
+";
+
+/// PostgreSQL refuses to run as root; when we are root, the server runs as `postgres` (or `nobody`).
+fn unprivileged_user() -> anyhow::Result<Option<(u32, u32)>> {
+    // SAFETY: geteuid cannot fail; getpwnam returns a pointer into static storage that we copy
+    // out of before any other call could overwrite it.
+    unsafe {
+        if libc::geteuid() != 0 {
+            return Ok(None);
+        }
+        for name in [c"postgres", c"nobody"] {
+            let pw = libc::getpwnam(name.as_ptr());
+            if !pw.is_null() {
+                return Ok(Some(((*pw).pw_uid, (*pw).pw_gid)));
+            }
+        }
+    }
+    bail!("running as root, and neither a `postgres` nor a `nobody` user exists to run PostgreSQL as")
+}
+
+fn server_command(program: &Path, run_as: Option<(u32, u32)>) -> Command {
+    let mut cmd = Command::new(program);
+    if let Some((uid, gid)) = run_as {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd.env_remove("PGDATA").env("LC_ALL", "C");
+    cmd
+}
+
+/// Unix socket paths are limited to about 100 bytes; long data directories get a socket
+/// directory under /tmp instead.
+fn socket_dir_for(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let preferred = data_dir.join("run");
+    let dir = if preferred.as_os_str().len() < 80 {
+        preferred
+    } else {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+        std::env::temp_dir().join(format!("previewdb-{}", &hex::encode(digest)[..12]))
+    };
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
