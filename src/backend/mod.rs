@@ -157,3 +157,36 @@ pub trait Backend: Send + Sync {
 pub fn resource<'a>(resources: &'a Resources, name: &str) -> Option<&'a str> {
     resources.get(name).and_then(|v| v.as_str())
 }
+
+/// Builds a PostgreSQL object name from an environment key: `pdb_<slug>_<hash>`, where the
+/// slug is the key in `[a-z0-9_]` (readable in `\l`) and the hash of `key` and `salt` keeps two
+/// keys — or two lives of one key, when the salt is the environment id — from ever colliding.
+/// Always below 63 bytes.
+pub fn object_name(key: &EnvKey, salt: &str) -> crate::domain::PgIdent {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(key.as_str().as_bytes());
+    h.update([0]);
+    h.update(salt.as_bytes());
+    let hash = hex::encode(&h.finalize()[..6]);
+    let slug = key.slug(40);
+    let name = if slug.is_empty() { format!("pdb_{hash}") } else { format!("pdb_{slug}_{hash}") };
+    crate::domain::PgIdent::parse(&name).expect("generated names are valid identifiers")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_are_safe_capped_and_distinct() {
+        let a = EnvKey::parse("acme/web#123").unwrap();
+        let b = EnvKey::parse("acme/web#123 ").unwrap_or_else(|_| EnvKey::parse("acme/web/123").unwrap());
+        assert!(object_name(&a, "x").as_str().starts_with("pdb_acme_web_123_"));
+        assert_ne!(object_name(&a, "x"), object_name(&b, "x"));
+        assert_ne!(object_name(&a, "x"), object_name(&a, "y"));
+        let long = EnvKey::parse(&"é".repeat(200)).unwrap();
+        assert!(object_name(&long, "").as_str().len() < 63);
+        assert!(object_name(&EnvKey::parse(&"z".repeat(200)).unwrap(), "").as_str().len() < 63);
+    }
+}
