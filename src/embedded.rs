@@ -21,7 +21,10 @@ pub struct EmbeddedPostgres {
     data_dir: PathBuf,
     socket_dir: PathBuf,
     port: u16,
-    child: Mutex<Option<Child>>,
+    pid: u32,
+    /// Set to the exit status by the thread that owns the child once the server exits.
+    exited: std::sync::Arc<Mutex<Option<std::process::ExitStatus>>>,
+    waiter: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl EmbeddedPostgres {
@@ -117,8 +120,22 @@ impl EmbeddedPostgres {
                 Ok(())
             });
         }
-        let child = cmd.spawn().context("starting postgres")?;
-        let pg = Self { data_dir, socket_dir, port, child: Mutex::new(Some(child)) };
+        // The death signal is tied to the thread that spawns the child, so a thread that lives
+        // exactly as long as the server spawns it and waits for it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let exited = std::sync::Arc::new(Mutex::new(None));
+        let exit_slot = exited.clone();
+        let waiter = std::thread::Builder::new().name("postgres".into()).spawn(move || {
+            let mut child: Child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => return drop(tx.send(Err(e))),
+            };
+            let _ = tx.send(Ok(child.id()));
+            let status = child.wait();
+            *exit_slot.lock().unwrap() = status.ok();
+        })?;
+        let pid = rx.recv()?.context("starting postgres")?;
+        let pg = Self { data_dir, socket_dir, port, pid, exited, waiter: Mutex::new(Some(waiter)) };
         pg.wait_ready(&log_path)?;
         Ok(pg)
     }
@@ -127,7 +144,7 @@ impl EmbeddedPostgres {
         let deadline = Instant::now() + Duration::from_secs(60);
         let socket = self.socket_dir.join(format!(".s.PGSQL.{}", self.port));
         loop {
-            if let Some(status) = self.child.lock().unwrap().as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = *self.exited.lock().unwrap() {
                 let log = std::fs::read_to_string(log_path).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
@@ -148,6 +165,10 @@ impl EmbeddedPostgres {
         self.port
     }
 
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
@@ -164,10 +185,12 @@ impl EmbeddedPostgres {
 
     /// Fast shutdown: ends sessions, then waits for the server to exit.
     pub fn stop(&self) {
-        if let Some(mut child) = self.child.lock().unwrap().take() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-            let _ = child.wait();
+        if let Some(waiter) = self.waiter.lock().unwrap().take() {
+            if self.exited.lock().unwrap().is_none() {
+                // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
+                unsafe { libc::kill(self.pid as i32, libc::SIGINT) };
+            }
+            let _ = waiter.join();
         }
     }
 }
