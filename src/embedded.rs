@@ -142,7 +142,9 @@ impl EmbeddedPostgres {
 
     fn wait_ready(&self, log_path: &Path) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let socket = self.socket_dir.join(format!(".s.PGSQL.{}", self.port));
+        // The postmaster writes `ready` as the last line of postmaster.pid once it accepts
+        // connections (PostgreSQL 10+); an open port alone may still answer "starting up".
+        let pid_file = self.data_dir.join("pgdata").join("postmaster.pid");
         loop {
             if let Some(status) = *self.exited.lock().unwrap() {
                 let log = std::fs::read_to_string(log_path).unwrap_or_default();
@@ -150,8 +152,14 @@ impl EmbeddedPostgres {
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 bail!("postgres exited during start-up ({status}):\n{}", tail.join("\n"));
             }
-            // The socket appears once the postmaster accepts connections on it.
-            if socket.exists() && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            let ready = std::fs::read_to_string(&pid_file)
+                .map(|s| {
+                    // A stale file from a crashed run names another pid.
+                    let mine = s.lines().next().is_some_and(|l| l.trim() == self.pid.to_string());
+                    mine && s.lines().nth(7).is_some_and(|l| l.trim() == "ready")
+                })
+                .unwrap_or(false);
+            if ready {
                 return Ok(());
             }
             if Instant::now() > deadline {

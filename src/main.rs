@@ -1,1 +1,91 @@
-fn main() {}
+use clap::{Parser, Subcommand};
+use previewdb::configuration::{token_digest, Config};
+use previewdb::dev::{self, DevOptions};
+use previewdb::startup::{init_tracing, Application};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "previewdb", version, about = "Isolated, pre-seeded PostgreSQL databases for pull requests")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service with a configuration file (production).
+    Serve {
+        #[arg(long, short, env = "PREVIEWDB_CONFIG", default_value = "previewdb.toml")]
+        config: PathBuf,
+    },
+    /// Run the service on a private PostgreSQL started from the installed server binaries.
+    Dev {
+        /// Address to serve on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Where the private cluster and its key live.
+        #[arg(long, default_value = ".previewdb")]
+        data_dir: PathBuf,
+        /// A config file adding targets, tokens and blueprints.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Client commands for pipelines.
+    Env(previewdb::cli::EnvArgs),
+    /// Print the SHA-256 of a token, as `[[tokens]] sha256` wants it.
+    HashToken { token: String },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config } => serve(config).await,
+            Command::Dev { listen, data_dir, config } => run_dev(listen, data_dir, config).await,
+            Command::Env(args) => previewdb::cli::run(args).await,
+            Command::HashToken { token } => {
+                println!("{}", hex::encode(token_digest(&token)));
+                Ok(())
+            }
+        }
+    });
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(path: PathBuf) -> anyhow::Result<()> {
+    init_tracing();
+    let config = Config::load(&path)?;
+    let app = Application::build(&config).await?;
+    tracing::info!(port = app.port(), "previewdb serving");
+    app.run_until(shutdown_signal()).await
+}
+
+async fn run_dev(listen: String, data_dir: PathBuf, config: Option<PathBuf>) -> anyhow::Result<()> {
+    init_tracing();
+    let setup = dev::setup(&DevOptions { listen: Some(listen), data_dir, config }).await?;
+    let app = Application::build(&setup.config).await?;
+    let url = format!("http://{}:{}", setup.config.listen.ip(), app.port());
+    println!("previewdb dev: serving on {url}");
+    println!("  PostgreSQL {} on 127.0.0.1:{} (data in {})", "cluster", setup.postgres.port(), setup.postgres.data_dir().display());
+    println!("  export PREVIEWDB_URL={url}");
+    println!("  export PREVIEWDB_TOKEN={}", setup.token);
+    app.run_until(shutdown_signal()).await?;
+    println!("previewdb dev: stopping PostgreSQL");
+    setup.postgres.stop();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -5,6 +5,7 @@
 //! can be rolled back), `provision` creates it, and `teardown` removes it idempotently — it
 //! must succeed on resources that were only planned, half-made, or already gone.
 
+pub mod neon;
 pub mod postgres;
 
 use crate::domain::{EnvKey, Isolation};
@@ -45,6 +46,10 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Everything but RFC 3986 unreserved characters is percent-encoded in URI parts.
+const URI_COMPONENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// How a caller reaches an environment.
 #[derive(Debug, Clone)]
 pub struct Connection {
@@ -59,26 +64,21 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// `postgresql://user:password@host:port/database?…`, every part percent-encoded.
+    /// `postgresql://user:password@host:port/database?…`, every part percent-encoded; without
+    /// the password unless `reveal`.
     pub fn uri(&self, reveal: bool) -> String {
-        use percent_encoding::{utf8_percent_encode as enc, NON_ALPHANUMERIC as SET};
-        let password = if reveal { enc(self.password.expose(), SET).to_string() } else { "***".into() };
+        use percent_encoding::utf8_percent_encode as enc;
+        let user = enc(&self.user, URI_COMPONENT);
+        let userinfo = if reveal { format!("{user}:{}", enc(self.password.expose(), URI_COMPONENT)) } else { user.to_string() };
         let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        let mut uri = format!(
-            "postgresql://{}:{}@{}:{}/{}",
-            enc(&self.user, SET),
-            password,
-            host,
-            self.port,
-            enc(&self.database, SET)
-        );
+        let mut uri = format!("postgresql://{userinfo}@{host}:{}/{}", self.port, enc(&self.database, URI_COMPONENT));
         let mut params = self.params.clone();
         if let Some(schema) = &self.schema {
             params.push(("options".into(), format!("-csearch_path={schema}")));
         }
         for (i, (k, v)) in params.iter().enumerate() {
             uri.push(if i == 0 { '?' } else { '&' });
-            uri.push_str(&format!("{}={}", enc(k, SET), enc(v, SET)));
+            uri.push_str(&format!("{}={}", enc(k, URI_COMPONENT), enc(v, URI_COMPONENT)));
         }
         uri
     }
@@ -133,6 +133,14 @@ pub trait Backend: Send + Sync {
         req: &ProvisionRequest,
         resources: &mut Resources,
     ) -> Result<Connection, BackendError>;
+
+    /// Finishes a provision that an earlier process started and never recorded (it crashed).
+    /// By default the leftovers are removed and the environment is made anew; backends that
+    /// can find and adopt what was made (a Neon branch by name) do that instead.
+    async fn resume(&self, req: &ProvisionRequest, resources: &mut Resources) -> Result<Connection, BackendError> {
+        self.teardown(resources).await?;
+        self.provision(req, resources).await
+    }
 
     /// Revokes credentials, ends sessions and removes the data. Idempotent.
     async fn teardown(&self, resources: &Resources) -> Result<(), BackendError>;

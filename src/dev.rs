@@ -1,0 +1,92 @@
+//! `previewdb dev`: the embedded default — a private PostgreSQL as control store and target.
+
+use crate::configuration::{token_digest, Config};
+use crate::embedded::EmbeddedPostgres;
+use anyhow::Context;
+use rand::distributions::{Alphanumeric, DistString};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+pub struct DevOptions {
+    pub listen: Option<String>,
+    pub data_dir: PathBuf,
+    pub config: Option<PathBuf>,
+}
+
+/// The running embedded cluster and the configuration that points at it.
+pub struct DevSetup {
+    pub postgres: EmbeddedPostgres,
+    pub config: Config,
+    pub token: String,
+}
+
+pub const DEV_TOKEN_ENV: &str = "PREVIEWDB_DEV_TOKEN";
+
+/// Starts (initialising on first use) the private cluster under `data_dir` and derives a config.
+pub async fn setup(opts: &DevOptions) -> anyhow::Result<DevSetup> {
+    let data_dir = opts.data_dir.clone();
+    let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data_dir)).await??;
+    create_database_if_missing(&postgres.admin_url("postgres"), "previewdb").await?;
+    let key = persistent_key(&postgres.data_dir().join("encryption.key"))?;
+    let token = std::env::var(DEV_TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| format!("pdb_dev_{}", Alphanumeric.sample_string(&mut rand::rngs::OsRng, 32)));
+    let text = format!(
+        r#"
+listen = "127.0.0.1:8080"
+control_url = {control:?}
+encryption_key = "{key}"
+default_target = "local"
+
+[[tokens]]
+name = "dev"
+sha256 = "{digest}"
+scopes = ["environments:read", "environments:write", "environments:delete", "admin"]
+
+[targets.local]
+kind = "postgres"
+admin_url = {admin:?}
+public_host = "127.0.0.1"
+public_port = {port}
+max_environments = 200
+"#,
+        control = postgres.admin_url("previewdb"),
+        admin = postgres.admin_url("postgres"),
+        digest = hex::encode(token_digest(&token)),
+        port = postgres.port(),
+    );
+    let mut config = Config::parse(&text, Path::new("."))?;
+    if let Some(extra) = &opts.config {
+        config.merge_file(extra)?;
+    }
+    if let Some(listen) = &opts.listen {
+        config.listen = listen.parse().with_context(|| format!("--listen {listen:?}"))?;
+    }
+    Ok(DevSetup { postgres, config, token })
+}
+
+pub async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await?.is_some();
+    if !exists {
+        let sql = format!("CREATE DATABASE {}", postgres_protocol::escape::escape_identifier(name));
+        client.batch_execute(&sql).await?;
+    }
+    Ok(())
+}
+
+/// The key sealing stored passwords must survive restarts, or stored passwords become unreadable.
+fn persistent_key(path: &Path) -> anyhow::Result<String> {
+    if let Ok(k) = std::fs::read_to_string(path) {
+        return Ok(k.trim().to_owned());
+    }
+    let mut key = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+    let hex = hex::encode(key);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(hex.as_bytes())?;
+    Ok(hex)
+}

@@ -1,0 +1,457 @@
+//! The environment lifecycle, independent of HTTP: idempotent create per key, lookup, delete,
+//! extend, credential rotation, reset, sweep and reconciliation of interrupted work.
+//!
+//! Every change to a key happens under that key's lock (see `Store::lock_key`), and runs in a
+//! task of its own so that a caller hanging up cannot leave an environment half-made.
+
+use crate::backend::{Backend, BackendError, Connection, ProvisionRequest, Secret, TargetHealth};
+use crate::domain::{EnvKey, InvalidInput, Isolation, Labels, Ttl};
+use crate::store::{EnvRecord, ListFilter, Sealer, State, Store, StoreError, StoredConnection};
+use chrono::{SubsecRound, Utc};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A provisioning backend as configured under `[targets.NAME]`.
+pub struct Target {
+    pub name: String,
+    pub kind: &'static str,
+    pub backend: Arc<dyn Backend>,
+    pub max_environments: u32,
+}
+
+/// What a caller asks for; parsed from the request at the edge.
+#[derive(Debug, Clone)]
+pub struct CreateSpec {
+    pub key: EnvKey,
+    pub target: Option<String>,
+    pub isolation: Option<Isolation>,
+    pub ttl: Option<Ttl>,
+    pub labels: Labels,
+    pub blueprint: Option<String>,
+}
+
+/// An environment as returned to callers; the password only where the caller may see it.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub record: EnvRecord,
+    pub password: Option<Secret>,
+}
+
+impl Env {
+    pub fn connection(&self) -> Option<Connection> {
+        let stored = self.record.connection.as_ref()?;
+        Some(stored.with_password(self.password.clone().unwrap_or_else(|| Secret::new(""))))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    #[error("no environment matches {0:?}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotReady(String),
+    #[error("{0}")]
+    AtCapacity(String),
+    #[error("{message}")]
+    Unavailable { message: String, retry_after: Duration },
+    #[error("{0}")]
+    ProvisioningFailed(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => ServiceError::Unavailable { message: m, retry_after: Duration::from_secs(5) },
+            StoreError::Query(e) if e.as_db_error().is_none() => {
+                ServiceError::Unavailable { message: format!("control store: {e}"), retry_after: Duration::from_secs(5) }
+            }
+            StoreError::Query(e) => ServiceError::Internal(format!("control store: {e}")),
+        }
+    }
+}
+
+impl From<BackendError> for ServiceError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Unavailable { message, retry_after } => ServiceError::Unavailable {
+                message,
+                retry_after: retry_after.unwrap_or(Duration::from_secs(5)),
+            },
+            BackendError::LimitReached { message } => ServiceError::AtCapacity(message),
+            BackendError::Invalid { message } => InvalidInput::new("isolation", message).into(),
+            BackendError::Failed { message } => ServiceError::ProvisioningFailed(message),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ServiceError>;
+
+/// What a sweep did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct SweepReport {
+    pub deleted: Vec<SweptEnv>,
+    pub failed: Vec<SweptEnv>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct SweptEnv {
+    pub id: Uuid,
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub struct Environments {
+    store: Store,
+    sealer: Sealer,
+    targets: BTreeMap<String, Target>,
+    default_target: String,
+    default_ttl: Ttl,
+    max_ttl: Ttl,
+}
+
+impl Environments {
+    pub fn new(store: Store, sealer: Sealer, targets: Vec<Target>, default_target: String, default_ttl: Ttl, max_ttl: Ttl) -> Arc<Self> {
+        let targets = targets.into_iter().map(|t| (t.name.clone(), t)).collect();
+        Arc::new(Self { store, sealer, targets, default_target, default_ttl, max_ttl })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.targets.values()
+    }
+
+    pub async fn target_health(&self, name: &str) -> Option<TargetHealth> {
+        Some(self.targets.get(name)?.backend.health().await)
+    }
+
+    fn target(&self, name: &str) -> Result<&Target> {
+        self.targets
+            .get(name)
+            .ok_or_else(|| InvalidInput::new("target", format!("no target named {name:?}")).into())
+    }
+
+    fn ttl(&self, ttl: Option<Ttl>) -> Result<Ttl> {
+        let ttl = ttl.unwrap_or(self.default_ttl);
+        if ttl > self.max_ttl {
+            return Err(InvalidInput::new("ttl", format!("{ttl} is longer than the maximum {}", self.max_ttl)).into());
+        }
+        Ok(ttl)
+    }
+
+    /// Creates the environment of `spec.key`, or returns the live one when its settings match
+    /// (`Ok((env, false))`). Runs to completion even if the caller goes away.
+    pub async fn create(self: &Arc<Self>, spec: CreateSpec) -> Result<(Env, bool)> {
+        let this = self.clone();
+        join(tokio::spawn(async move { this.create_inner(spec).await })).await
+    }
+
+    async fn create_inner(&self, spec: CreateSpec) -> Result<(Env, bool)> {
+        let target_name = spec.target.clone().unwrap_or_else(|| self.default_target.clone());
+        let target = self.target(&target_name)?;
+        let isolation = spec.isolation.unwrap_or(target.backend.isolations()[0]);
+        if !target.backend.isolations().contains(&isolation) {
+            return Err(InvalidInput::new(
+                "isolation",
+                format!("target {target_name:?} does not offer isolation {:?}", isolation.as_str()),
+            )
+            .into());
+        }
+        if let Some(bp) = &spec.blueprint {
+            return Err(InvalidInput::new("blueprint", format!("no blueprint named {bp:?}")).into());
+        }
+        let ttl = self.ttl(spec.ttl)?;
+        let digest = settings_digest(&target_name, isolation, spec.blueprint.as_deref());
+
+        let _lock = self.store.lock_key(spec.key.as_str()).await?;
+        let mut resume = None;
+        if let Some(existing) = self.store.live_by_key(spec.key.as_str()).await? {
+            match existing.state {
+                State::Ready if existing.settings_digest == digest => {
+                    let password = self.open_password(&existing)?;
+                    return Ok((Env { record: existing, password: Some(password) }, false));
+                }
+                State::Ready => {
+                    return Err(ServiceError::Conflict(format!(
+                        "environment {:?} exists with other settings (target {}, isolation {}, blueprint {}); \
+                         delete it first or use another key",
+                        existing.key,
+                        existing.target,
+                        existing.isolation.as_str(),
+                        existing.blueprint.as_deref().unwrap_or("none")
+                    )))
+                }
+                // We hold the key's lock, so whoever started this provision is gone.
+                State::Provisioning if existing.settings_digest == digest => resume = Some(existing),
+                State::Provisioning => {
+                    self.abandon(&existing, "interrupted: previewdb stopped while provisioning").await?
+                }
+                State::Deleting => self.finish_delete(&existing).await?,
+                State::Deleted | State::Failed => unreachable!("not live"),
+            }
+        }
+
+        let resuming = resume.is_some();
+        let (mut record, req) = match resume {
+            Some(record) => {
+                let req = ProvisionRequest {
+                    id: record.id,
+                    key: spec.key.clone(),
+                    isolation,
+                    expires_at: record.expires_at,
+                };
+                (record, req)
+            }
+            None => {
+                let live = self.store.count_live(&target_name).await?;
+                if live >= i64::from(target.max_environments) {
+                    return Err(ServiceError::AtCapacity(format!(
+                        "target {target_name:?} holds its maximum of {} environments",
+                        target.max_environments
+                    )));
+                }
+                // Stored timestamps have microsecond precision; answer what will be read back.
+                let now = Utc::now().trunc_subsecs(6);
+                let req = ProvisionRequest {
+                    id: Uuid::now_v7(),
+                    key: spec.key.clone(),
+                    isolation,
+                    expires_at: now + ttl.as_chrono(),
+                };
+                let record = EnvRecord {
+                    id: req.id,
+                    key: spec.key.as_str().to_owned(),
+                    target: target_name.clone(),
+                    isolation,
+                    blueprint: spec.blueprint.clone(),
+                    blueprint_hash: None,
+                    settings_digest: digest,
+                    state: State::Provisioning,
+                    error: None,
+                    resources: target.backend.plan(&req)?,
+                    teardown_pending: true,
+                    connection: None,
+                    password_sealed: None,
+                    labels: spec.labels.clone(),
+                    created_at: now,
+                    updated_at: now,
+                    expires_at: req.expires_at,
+                    deleted_at: None,
+                };
+                self.store.insert(&record).await?;
+                (record, req)
+            }
+        };
+
+        let outcome = if resuming {
+            target.backend.resume(&req, &mut record.resources).await
+        } else {
+            target.backend.provision(&req, &mut record.resources).await
+        };
+        let connection = match outcome {
+            Ok(c) => c,
+            Err(e) => {
+                let message = e.to_string();
+                // The backend rolled back; tear down once more as a backstop and remember if
+                // that could not complete, so the reconciler finishes it.
+                let pending = target.backend.teardown(&record.resources).await.is_err();
+                self.store.mark_failed(record.id, &message, pending).await?;
+                tracing::warn!(env = %record.id, error = %message, "provision failed");
+                return Err(e.into());
+            }
+        };
+        let stored = StoredConnection::from_connection(&connection);
+        let sealed = self.sealer.seal(record.id, connection.password.expose());
+        if let Err(e) = self.store.mark_ready(record.id, &record.resources, &stored, &sealed).await {
+            let _ = target.backend.teardown(&record.resources).await;
+            return Err(e.into());
+        }
+        record.state = State::Ready;
+        record.connection = Some(stored);
+        tracing::info!(env = %record.id, target = %record.target, "environment ready");
+        Ok((Env { record, password: Some(connection.password) }, true))
+    }
+
+    /// Tears down what an interrupted provision may have made and records it as failed.
+    async fn abandon(&self, rec: &EnvRecord, why: &str) -> Result<()> {
+        let backend = &self.target(&rec.target)?.backend;
+        let pending = backend.teardown(&rec.resources).await.is_err();
+        self.store.mark_failed(rec.id, why, pending).await?;
+        Ok(())
+    }
+
+    async fn finish_delete(&self, rec: &EnvRecord) -> Result<()> {
+        self.target(&rec.target)?.backend.teardown(&rec.resources).await?;
+        self.store.mark_deleted(rec.id).await?;
+        Ok(())
+    }
+
+    fn open_password(&self, rec: &EnvRecord) -> Result<Secret> {
+        rec.password_sealed
+            .as_deref()
+            .and_then(|s| self.sealer.open(rec.id, s))
+            .map(Secret::new)
+            .ok_or_else(|| ServiceError::Internal("the stored password cannot be opened (was the encryption key changed?)".into()))
+    }
+
+    /// Finds an environment by id or by key (the live one, else the latest tombstone).
+    pub async fn find(&self, reference: &str) -> Result<EnvRecord> {
+        let found = match Uuid::parse_str(reference) {
+            Ok(id) => self.store.get_by_id(id).await?,
+            Err(_) => self.store.get_by_key(reference).await?,
+        };
+        found.ok_or_else(|| ServiceError::NotFound(reference.to_owned()))
+    }
+
+    pub async fn get(&self, reference: &str, reveal: bool) -> Result<Env> {
+        let record = self.find(reference).await?;
+        let password = if reveal && record.state == State::Ready { Some(self.open_password(&record)?) } else { None };
+        Ok(Env { record, password })
+    }
+
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<EnvRecord>> {
+        Ok(self.store.list(filter).await?)
+    }
+
+    /// Revokes, disconnects and drops; answers the tombstone, also for an already deleted one.
+    pub async fn delete(self: &Arc<Self>, reference: &str) -> Result<Env> {
+        let record = self.find(reference).await?;
+        let this = self.clone();
+        join(tokio::spawn(async move { this.delete_locked(record.id, &record.key).await })).await
+    }
+
+    async fn delete_locked(&self, id: Uuid, key: &str) -> Result<Env> {
+        let _lock = self.store.lock_key(key).await?;
+        let record = self.store.get_by_id(id).await?.ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+        if record.state == State::Deleted {
+            return Ok(Env { record, password: None });
+        }
+        if record.state != State::Failed {
+            self.store.mark_deleting(id).await?;
+        }
+        self.target(&record.target)?.backend.teardown(&record.resources).await?;
+        self.store.mark_deleted(id).await?;
+        tracing::info!(env = %id, "environment deleted");
+        let record = self.store.get_by_id(id).await?.ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+        Ok(Env { record, password: None })
+    }
+
+    /// Runs `op` on a ready environment under its key's lock.
+    async fn with_ready<T, F>(self: &Arc<Self>, reference: &str, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a Self, EnvRecord, &'a Target) -> futures_util::future::BoxFuture<'a, Result<T>> + Send + 'static,
+    {
+        let record = self.find(reference).await?;
+        let this = self.clone();
+        join(tokio::spawn(async move {
+            let _lock = this.store.lock_key(&record.key).await?;
+            let record = this.store.get_by_id(record.id).await?.ok_or_else(|| ServiceError::NotFound(record.id.to_string()))?;
+            if record.state != State::Ready {
+                return Err(ServiceError::NotReady(format!("environment is {}, not ready", record.state.as_str())));
+            }
+            let target = this.target(&record.target)?;
+            op(&this, record, target).await
+        }))
+        .await
+    }
+
+    pub async fn extend(self: &Arc<Self>, reference: &str, ttl: Ttl) -> Result<Env> {
+        let ttl = self.ttl(Some(ttl))?;
+        self.with_ready(reference, move |this, mut record, target| {
+            Box::pin(async move {
+                let expires_at = Utc::now().trunc_subsecs(6) + ttl.as_chrono();
+                target.backend.extend(&record.resources, expires_at).await?;
+                this.store.set_expiry(record.id, expires_at).await?;
+                record.expires_at = expires_at;
+                let password = Some(this.open_password(&record)?);
+                Ok(Env { record, password })
+            })
+        })
+        .await
+    }
+
+    pub async fn rotate_credentials(self: &Arc<Self>, reference: &str) -> Result<Env> {
+        self.with_ready(reference, |this, mut record, target| {
+            Box::pin(async move {
+                let connection = target.backend.rotate_credentials(&record.resources, record.expires_at).await?;
+                let stored = StoredConnection::from_connection(&connection);
+                let sealed = this.sealer.seal(record.id, connection.password.expose());
+                this.store.set_password(record.id, &stored, &sealed).await?;
+                record.connection = Some(stored);
+                Ok(Env { record, password: Some(connection.password) })
+            })
+        })
+        .await
+    }
+
+    pub async fn reset(self: &Arc<Self>, reference: &str) -> Result<Env> {
+        self.with_ready(reference, |this, record, target| {
+            Box::pin(async move {
+                target.backend.reset(&record.resources).await?;
+                let password = Some(this.open_password(&record)?);
+                Ok(Env { record, password })
+            })
+        })
+        .await
+    }
+
+    /// Deletes every expired environment now.
+    pub async fn sweep(self: &Arc<Self>) -> Result<SweepReport> {
+        let mut report = SweepReport::default();
+        for rec in self.store.expired(Utc::now()).await? {
+            match self.delete(&rec.id.to_string()).await {
+                Ok(_) => report.deleted.push(SweptEnv { id: rec.id, key: rec.key, error: None }),
+                Err(e) => report.failed.push(SweptEnv { id: rec.id, key: rec.key, error: Some(e.to_string()) }),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Completes work that a stopped process left unfinished: provisions nobody is running are
+    /// rolled back, interrupted deletions completed, failed clean-ups retried.
+    pub async fn reconcile(&self) -> Result<usize> {
+        let mut done = 0;
+        for rec in self.store.unfinished().await? {
+            let Some(_lock) = self.store.try_lock_key(&rec.key).await? else { continue };
+            let Some(rec) = self.store.get_by_id(rec.id).await? else { continue };
+            let Ok(target) = self.target(&rec.target) else { continue };
+            let outcome = match rec.state {
+                State::Provisioning => self.abandon(&rec, "interrupted: previewdb stopped while provisioning").await,
+                State::Deleting => self.finish_delete(&rec).await,
+                State::Failed if rec.teardown_pending => match target.backend.teardown(&rec.resources).await {
+                    Ok(()) => self.store.mark_cleaned(rec.id).await.map_err(Into::into),
+                    Err(e) => Err(e.into()),
+                },
+                _ => continue,
+            };
+            match outcome {
+                Ok(()) => done += 1,
+                Err(e) => tracing::warn!(env = %rec.id, error = %e, "reconciliation did not complete"),
+            }
+        }
+        Ok(done)
+    }
+}
+
+async fn join<T>(task: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
+    task.await.map_err(|e| ServiceError::Internal(format!("task failed: {e}")))?
+}
+
+/// What makes two creates of one key "the same environment".
+fn settings_digest(target: &str, isolation: Isolation, blueprint: Option<&str>) -> String {
+    use sha2::Digest;
+    let doc = serde_json::json!({ "target": target, "isolation": isolation, "blueprint": blueprint });
+    hex::encode(sha2::Sha256::digest(doc.to_string().as_bytes()))
+}

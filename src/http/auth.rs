@@ -1,0 +1,56 @@
+//! Bearer tokens and their scopes. Tokens are configured as SHA-256 digests and compared in
+//! constant time; the token itself is never stored or logged.
+
+use super::{ApiError, AppState};
+use crate::configuration::{token_digest, Scope};
+use axum::extract::FromRequestParts;
+use axum::http::{header, request::Parts, StatusCode};
+
+/// The authenticated caller of a request.
+pub struct Caller {
+    pub name: String,
+    scopes: Vec<Scope>,
+}
+
+impl Caller {
+    /// `admin` holds every scope.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("token {:?} lacks the scope {}", self.name, scope.as_str()),
+        ))
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <token>`"))?;
+        let digest = token_digest(token);
+        let found = state
+            .tokens
+            .iter()
+            .fold(None, |found, t| if constant_time_eq(&t.sha256, &digest) { Some(t) } else { found });
+        let t = found.ok_or_else(|| ApiError::unauthorized("unknown token"))?;
+        Ok(Caller { name: t.name.clone(), scopes: t.scopes.clone() })
+    }
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,218 @@
+//! `/v1/environments`: thin handlers that parse, authorise and delegate to `Environments`.
+
+use super::auth::Caller;
+use super::{ApiError, ApiJson, AppState};
+use crate::configuration::Scope;
+use crate::domain::{EnvKey, Isolation, Labels, Ttl};
+use crate::environments::{CreateSpec, Env};
+use crate::store::{EnvRecord, ListFilter, State};
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    key: String,
+    blueprint: Option<String>,
+    target: Option<String>,
+    isolation: Option<String>,
+    ttl: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+impl CreateBody {
+    fn parse(self) -> Result<CreateSpec, ApiError> {
+        let isolation = match self.isolation.as_deref() {
+            None => None,
+            Some(s) => Some(Isolation::parse(s).ok_or_else(|| {
+                ApiError::invalid(format!("isolation: {s:?} is not one of database, schema, branch"))
+            })?),
+        };
+        Ok(CreateSpec {
+            key: EnvKey::parse(&self.key).map_err(|e| ApiError::invalid(e.to_string()))?,
+            target: self.target,
+            isolation,
+            ttl: self.ttl.as_deref().map(Ttl::parse).transpose().map_err(|e| ApiError::invalid(e.to_string()))?,
+            labels: Labels::parse(self.labels).map_err(|e| ApiError::invalid(e.to_string()))?,
+            blueprint: self.blueprint,
+        })
+    }
+}
+
+#[derive(Serialize)]
+pub struct ConnectionView {
+    uri: String,
+    host: String,
+    port: u16,
+    database: String,
+    schema: Option<String>,
+    user: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct EnvView {
+    id: uuid::Uuid,
+    key: String,
+    state: State,
+    target: String,
+    isolation: Isolation,
+    blueprint: Option<String>,
+    blueprint_hash: Option<String>,
+    connection: Option<ConnectionView>,
+    created_at: chrono::DateTime<chrono::Utc>,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted_at: Option<chrono::DateTime<chrono::Utc>>,
+    labels: Labels,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl From<Env> for EnvView {
+    fn from(env: Env) -> Self {
+        let connection = env.connection().map(|c| {
+            let reveal = env.password.is_some();
+            ConnectionView {
+                uri: c.uri(reveal),
+                password: reveal.then(|| c.password.expose().to_owned()),
+                host: c.host,
+                port: c.port,
+                database: c.database,
+                schema: c.schema,
+                user: c.user,
+            }
+        });
+        let r = env.record;
+        EnvView {
+            id: r.id,
+            key: r.key,
+            state: r.state,
+            target: r.target,
+            isolation: r.isolation,
+            blueprint: r.blueprint,
+            blueprint_hash: r.blueprint_hash,
+            connection,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            deleted_at: r.deleted_at,
+            labels: r.labels,
+            error: r.error,
+        }
+    }
+}
+
+impl From<EnvRecord> for EnvView {
+    fn from(record: EnvRecord) -> Self {
+        Env { record, password: None }.into()
+    }
+}
+
+pub async fn create(
+    AxState(state): AxState<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateBody>,
+) -> Result<(StatusCode, Json<EnvView>), ApiError> {
+    caller.require(Scope::Write)?;
+    let (env, created) = state.envs.create(body.parse()?).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(env.into())))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    key: Option<String>,
+    label: Option<String>,
+    state: Option<String>,
+    target: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct ListView {
+    items: Vec<EnvView>,
+}
+
+pub async fn list(
+    AxState(state): AxState<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<ListView>, ApiError> {
+    caller.require(Scope::Read)?;
+    let mut filter = ListFilter { key: q.key, target: q.target, ..Default::default() };
+    if let Some(s) = q.state {
+        filter.state = Some(State::parse(&s).ok_or_else(|| ApiError::invalid(format!("state: unknown state {s:?}")))?);
+    }
+    if let Some(sel) = q.label {
+        for part in sel.split(',') {
+            let (k, v) = Labels::parse_selector(part).map_err(|e| ApiError::invalid(e.to_string()))?;
+            filter.labels.insert(k, v);
+        }
+    }
+    let items = state.envs.list(&filter).await?.into_iter().map(EnvView::from).collect();
+    Ok(Json(ListView { items }))
+}
+
+#[derive(Deserialize)]
+pub struct GetQuery {
+    #[serde(default)]
+    reveal: bool,
+}
+
+pub async fn get(
+    AxState(state): AxState<AppState>,
+    caller: Caller,
+    Path(reference): Path<String>,
+    Query(q): Query<GetQuery>,
+) -> Result<Json<EnvView>, ApiError> {
+    caller.require(Scope::Read)?;
+    Ok(Json(state.envs.get(&reference, q.reveal).await?.into()))
+}
+
+pub async fn delete(
+    AxState(state): AxState<AppState>,
+    caller: Caller,
+    Path(reference): Path<String>,
+) -> Result<Json<EnvView>, ApiError> {
+    caller.require(Scope::Delete)?;
+    Ok(Json(state.envs.delete(&reference).await?.into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendBody {
+    ttl: String,
+}
+
+pub async fn extend(
+    AxState(state): AxState<AppState>,
+    caller: Caller,
+    Path(reference): Path<String>,
+    ApiJson(body): ApiJson<ExtendBody>,
+) -> Result<Json<EnvView>, ApiError> {
+    caller.require(Scope::Write)?;
+    let ttl = Ttl::parse(&body.ttl).map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok(Json(state.envs.extend(&reference, ttl).await?.into()))
+}
+
+pub async fn rotate_credentials(
+    AxState(state): AxState<AppState>,
+    caller: Caller,
+    Path(reference): Path<String>,
+) -> Result<Json<EnvView>, ApiError> {
+    caller.require(Scope::Write)?;
+    Ok(Json(state.envs.rotate_credentials(&reference).await?.into()))
+}
+
+pub async fn reset(
+    AxState(state): AxState<AppState>,
+    caller: Caller,
+    Path(reference): Path<String>,
+) -> Result<Json<EnvView>, ApiError> {
+    caller.require(Scope::Write)?;
+    Ok(Json(state.envs.reset(&reference).await?.into()))
+}

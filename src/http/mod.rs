@@ -1,0 +1,65 @@
+//! The REST API v1: routing, middleware, and the mapping of requests onto the services.
+
+mod auth;
+mod environments;
+mod error;
+mod system;
+
+pub use error::ApiError;
+
+use crate::configuration::ApiToken;
+use crate::environments::Environments;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::http::HeaderName;
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::Arc;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub envs: Arc<Environments>,
+    pub tokens: Arc<Vec<ApiToken>>,
+}
+
+/// `axum::Json` whose rejections are problem+json.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(ApiJson(v))
+    }
+}
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/v1/environments", post(environments::create).get(environments::list))
+        .route("/v1/environments/{ref}", get(environments::get).delete(environments::delete))
+        .route("/v1/environments/{ref}/extend", post(environments::extend))
+        .route("/v1/environments/{ref}/credentials", post(environments::rotate_credentials))
+        .route("/v1/environments/{ref}/reset", post(environments::reset))
+        .route("/v1/sweep", post(system::sweep))
+        .route("/v1/targets", get(system::targets))
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}

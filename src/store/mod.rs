@@ -1,0 +1,305 @@
+//! The control-plane store: previewdb's own state in PostgreSQL, schema from `migrations/`.
+
+mod crypto;
+mod record;
+
+pub use crypto::Sealer;
+pub use record::{EnvRecord, ListFilter, State, StoredConnection};
+
+use crate::backend::Resources;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+refinery::embed_migrations!("migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("control store unavailable: {0}")]
+    Unavailable(String),
+    #[error("control store error: {0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    local_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// Opens a deadpool pool on a connection string, with short connect timeouts so that an
+/// unreachable server is reported quickly instead of hanging a request.
+pub fn connect_pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
+    let mut cfg: tokio_postgres::Config = url.parse()?;
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(Duration::from_secs(5));
+    }
+    cfg.application_name("previewdb");
+    let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Ok(Pool::builder(mgr)
+        .max_size(max_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .create_timeout(Some(Duration::from_secs(6)))
+        .build()?)
+}
+
+/// Holds the per-key lock that serialises every change to one environment key, across this
+/// process (a mutex) and across replicas (a transaction-scoped advisory lock in the store).
+pub struct KeyLock {
+    _local: tokio::sync::OwnedMutexGuard<()>,
+    conn: Option<deadpool_postgres::Object>,
+}
+
+impl Drop for KeyLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // Ending the transaction releases the advisory lock; the connection must not go
+            // back to the pool inside it.
+            tokio::spawn(async move {
+                let _ = conn.batch_execute("ROLLBACK").await;
+            });
+        }
+    }
+}
+
+const COLUMNS: &str = "id, key, target, isolation, blueprint, blueprint_hash, settings_digest, state, \
+    error, resources, teardown_pending, connection, password_sealed, labels, created_at, updated_at, \
+    expires_at, deleted_at";
+
+impl Store {
+    /// Connects and brings the schema up to date (one replica at a time).
+    pub async fn open(url: &str) -> anyhow::Result<Self> {
+        let pool = connect_pool(url, 32)?;
+        let store = Self { pool, local_locks: Default::default() };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> anyhow::Result<()> {
+        let mut conn = self.pool.get().await?;
+        conn.execute("SELECT pg_advisory_lock($1)", &[&lock_id("migrations")]).await?;
+        let client: &mut tokio_postgres::Client = &mut conn;
+        let outcome = migrations::runner()
+            .set_migration_table_name("previewdb_schema_history")
+            .run_async(client)
+            .await;
+        conn.execute("SELECT pg_advisory_unlock($1)", &[&lock_id("migrations")]).await?;
+        outcome?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        self.pool.get().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    pub async fn lock_key(&self, key: &str) -> Result<KeyLock> {
+        let local = {
+            let mut map = self.local_locks.lock().unwrap();
+            map.retain(|_, m| Arc::strong_count(m) > 1);
+            map.entry(key.to_owned()).or_default().clone()
+        };
+        let guard = local.lock_owned().await;
+        let conn = self.pool.get().await?;
+        conn.batch_execute("BEGIN").await?;
+        let mut lock = KeyLock { _local: guard, conn: Some(conn) };
+        let conn = lock.conn.as_mut().expect("just set");
+        conn.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_id(key)]).await?;
+        Ok(lock)
+    }
+
+    /// Takes the key's lock only if nobody holds it (used to find orphaned provisioning rows).
+    pub async fn try_lock_key(&self, key: &str) -> Result<Option<KeyLock>> {
+        let local = {
+            let mut map = self.local_locks.lock().unwrap();
+            map.entry(key.to_owned()).or_default().clone()
+        };
+        let Ok(guard) = local.try_lock_owned() else { return Ok(None) };
+        let conn = self.pool.get().await?;
+        conn.batch_execute("BEGIN").await?;
+        let mut lock = KeyLock { _local: guard, conn: Some(conn) };
+        let conn = lock.conn.as_mut().expect("just set");
+        let row = conn.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&lock_id(key)]).await?;
+        Ok(row.get::<_, bool>(0).then_some(lock))
+    }
+
+    pub async fn insert(&self, r: &EnvRecord) -> Result<()> {
+        let conn = self.pool.get().await?;
+        conn.execute(
+            "INSERT INTO environments (id, key, target, isolation, blueprint, blueprint_hash, \
+             settings_digest, state, resources, labels, created_at, updated_at, expires_at, teardown_pending) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, true)",
+            &[
+                &r.id,
+                &r.key,
+                &r.target,
+                &r.isolation.as_str(),
+                &r.blueprint,
+                &r.blueprint_hash,
+                &r.settings_digest,
+                &r.state.as_str(),
+                &serde_json::Value::Object(r.resources.clone()),
+                &serde_json::to_value(&r.labels).expect("labels serialise"),
+                &r.created_at,
+                &r.expires_at,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn mark_ready(
+        &self,
+        id: Uuid,
+        resources: &Resources,
+        connection: &StoredConnection,
+        password_sealed: &[u8],
+    ) -> Result<()> {
+        self.exec(
+            "UPDATE environments SET state = 'ready', resources = $2, connection = $3, \
+             password_sealed = $4, error = NULL, updated_at = now() WHERE id = $1",
+            &[
+                &id,
+                &serde_json::Value::Object(resources.clone()),
+                &serde_json::to_value(connection).expect("connection serialises"),
+                &password_sealed,
+            ],
+        )
+        .await
+    }
+
+    /// Records a failure; `teardown_pending` says whether something may remain on the target.
+    pub async fn mark_failed(&self, id: Uuid, error: &str, teardown_pending: bool) -> Result<()> {
+        self.exec(
+            "UPDATE environments SET state = 'failed', error = $2, teardown_pending = $3, \
+             password_sealed = NULL, updated_at = now() WHERE id = $1",
+            &[&id, &error, &teardown_pending],
+        )
+        .await
+    }
+
+    pub async fn mark_deleting(&self, id: Uuid) -> Result<()> {
+        self.exec("UPDATE environments SET state = 'deleting', updated_at = now() WHERE id = $1", &[&id])
+            .await
+    }
+
+    pub async fn mark_deleted(&self, id: Uuid) -> Result<()> {
+        self.exec(
+            "UPDATE environments SET state = 'deleted', teardown_pending = false, password_sealed = NULL, \
+             deleted_at = coalesce(deleted_at, now()), updated_at = now() WHERE id = $1",
+            &[&id],
+        )
+        .await
+    }
+
+    pub async fn mark_cleaned(&self, id: Uuid) -> Result<()> {
+        self.exec("UPDATE environments SET teardown_pending = false, updated_at = now() WHERE id = $1", &[&id])
+            .await
+    }
+
+    pub async fn set_expiry(&self, id: Uuid, expires_at: DateTime<Utc>) -> Result<()> {
+        self.exec("UPDATE environments SET expires_at = $2, updated_at = now() WHERE id = $1", &[&id, &expires_at])
+            .await
+    }
+
+    pub async fn set_password(&self, id: Uuid, connection: &StoredConnection, sealed: &[u8]) -> Result<()> {
+        self.exec(
+            "UPDATE environments SET connection = $2, password_sealed = $3, updated_at = now() WHERE id = $1",
+            &[&id, &serde_json::to_value(connection).expect("connection serialises"), &sealed],
+        )
+        .await
+    }
+
+    async fn exec(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<()> {
+        self.pool.get().await?.execute(sql, params).await?;
+        Ok(())
+    }
+
+    async fn query(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Vec<EnvRecord>> {
+        let rows = self.pool.get().await?.query(sql, params).await?;
+        Ok(rows.iter().map(EnvRecord::from_row).collect())
+    }
+
+    pub async fn get_by_id(&self, id: Uuid) -> Result<Option<EnvRecord>> {
+        let sql = format!("SELECT {COLUMNS} FROM environments WHERE id = $1");
+        Ok(self.query(&sql, &[&id]).await?.pop())
+    }
+
+    /// The live environment of a key, else its most recent tombstone.
+    pub async fn get_by_key(&self, key: &str) -> Result<Option<EnvRecord>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM environments WHERE key = $1 \
+             ORDER BY state IN ('provisioning', 'ready', 'deleting') DESC, created_at DESC LIMIT 1"
+        );
+        Ok(self.query(&sql, &[&key]).await?.pop())
+    }
+
+    pub async fn live_by_key(&self, key: &str) -> Result<Option<EnvRecord>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM environments WHERE key = $1 AND state IN ('provisioning', 'ready', 'deleting')"
+        );
+        Ok(self.query(&sql, &[&key]).await?.pop())
+    }
+
+    pub async fn list(&self, f: &ListFilter) -> Result<Vec<EnvRecord>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM environments \
+             WHERE ($1::text IS NULL OR key = $1) AND ($2::text IS NULL OR target = $2) \
+               AND (CASE WHEN $3::text IS NULL THEN state <> 'deleted' ELSE state = $3 END) \
+               AND labels @> $4::jsonb \
+             ORDER BY created_at DESC LIMIT 1000"
+        );
+        let labels = serde_json::to_value(&f.labels).expect("labels serialise");
+        self.query(&sql, &[&f.key, &f.target, &f.state.map(State::as_str), &labels]).await
+    }
+
+    pub async fn count_live(&self, target: &str) -> Result<i64> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_one(
+                "SELECT count(*) FROM environments WHERE target = $1 \
+                 AND state IN ('provisioning', 'ready', 'deleting')",
+                &[&target],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Ready environments whose time is up.
+    pub async fn expired(&self, now: DateTime<Utc>) -> Result<Vec<EnvRecord>> {
+        let sql = format!("SELECT {COLUMNS} FROM environments WHERE state = 'ready' AND expires_at <= $1");
+        self.query(&sql, &[&now]).await
+    }
+
+    /// Rows that may have left something behind: interrupted provisions and teardowns, and
+    /// failures whose clean-up did not complete.
+    pub async fn unfinished(&self) -> Result<Vec<EnvRecord>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM environments WHERE state IN ('provisioning', 'deleting') \
+             OR (state = 'failed' AND teardown_pending)"
+        );
+        self.query(&sql, &[]).await
+    }
+}
+
+/// Advisory-lock id of a name, in a namespace of its own.
+fn lock_id(name: &str) -> i64 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(format!("previewdb:{name}").as_bytes());
+    i64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+}

@@ -1,0 +1,154 @@
+//! Test harness: one real PostgreSQL per test binary (from the installed server binaries), and
+//! the application spawned per test on a random port, driven over HTTP like any caller.
+#![allow(dead_code)]
+
+use previewdb::configuration::{token_digest, ApiToken, Config, Scope};
+use previewdb::dev::{self, DevOptions};
+use previewdb::embedded::EmbeddedPostgres;
+use previewdb::startup::Application;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use tokio::sync::OnceCell;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const READ_TOKEN: &str = "test-read-token";
+pub const WRITE_TOKEN: &str = "test-write-token";
+
+pub struct Cluster {
+    pub postgres: EmbeddedPostgres,
+    pub config: Config,
+    _dir: tempfile::TempDir,
+}
+
+static CLUSTER: OnceCell<Arc<Cluster>> = OnceCell::const_new();
+
+/// A world-traversable temporary directory: when tests run as root the server runs as an
+/// unprivileged user that must reach its data directory.
+pub fn temp_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("previewdb-test-").tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+pub async fn cluster() -> Arc<Cluster> {
+    CLUSTER
+        .get_or_init(|| async {
+            std::env::set_var(dev::DEV_TOKEN_ENV, ADMIN_TOKEN);
+            let dir = temp_dir();
+            let setup = dev::setup(&DevOptions {
+                listen: Some("127.0.0.1:0".into()),
+                data_dir: dir.path().join("data"),
+                config: None,
+            })
+            .await
+            .expect("embedded PostgreSQL for tests");
+            let mut config = setup.config;
+            for (name, token, scopes) in [
+                ("reader", READ_TOKEN, vec![Scope::Read]),
+                ("writer", WRITE_TOKEN, vec![Scope::Read, Scope::Write]),
+            ] {
+                config.tokens.push(ApiToken { name: name.into(), sha256: token_digest(token), scopes });
+            }
+            // A second name for the same cluster, to ask for "other settings".
+            let local = config.targets["local"].clone();
+            config.targets.insert("other".into(), local);
+            Arc::new(Cluster { postgres: setup.postgres, config, _dir: dir })
+        })
+        .await
+        .clone()
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub cluster: Arc<Cluster>,
+    pub app: Arc<previewdb::environments::Environments>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        let cluster = cluster().await;
+        Self::spawn_with(cluster.clone(), cluster.config.clone()).await
+    }
+
+    pub async fn spawn_with(cluster: Arc<Cluster>, config: Config) -> TestApp {
+        let app = Application::build(&config).await.expect("application builds");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let envs = app.environments();
+        tokio::spawn(app.run_until(std::future::pending()));
+        TestApp { base, http: reqwest::Client::new(), cluster, app: envs }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request sent");
+        let status = res.status();
+        let text = res.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(ADMIN_TOKEN), Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(ADMIN_TOKEN), None).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, Some(ADMIN_TOKEN), None).await
+    }
+
+    /// Creates an environment and insists on success.
+    pub async fn create(&self, body: Value) -> Value {
+        let (status, env) = self.post("/v1/environments", body).await;
+        assert!(status.is_success(), "create failed: {status} {env}");
+        env
+    }
+
+    /// A superuser session on `database`, over the cluster's private socket.
+    pub async fn admin(&self, database: &str) -> tokio_postgres::Client {
+        connect(&self.cluster.postgres.admin_url(database)).await.expect("admin connection")
+    }
+}
+
+pub fn env_path(reference: &str) -> String {
+    format!("/v1/environments/{}", percent_encoding::utf8_percent_encode(reference, percent_encoding::NON_ALPHANUMERIC))
+}
+
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+pub fn uri(env: &Value) -> String {
+    env["connection"]["uri"].as_str().expect("connection uri").to_owned()
+}
+
+/// The handed-out URI pointed at another database, with the same credentials.
+pub fn uri_for_database(env: &Value, database: &str) -> String {
+    let c = &env["connection"];
+    format!(
+        "host={} port={} user={} password={} dbname={}",
+        c["host"].as_str().unwrap(),
+        c["port"],
+        c["user"].as_str().unwrap(),
+        c["password"].as_str().unwrap(),
+        database
+    )
+}
+
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.code().code().to_owned()).unwrap_or_else(|| format!("no db error: {e}"))
+}
