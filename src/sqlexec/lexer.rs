@@ -11,9 +11,17 @@ pub enum Item {
     /// One SQL statement, without the trailing `;`, with the 1-based line where it starts (first non-blank, non-comment char).
     Statement { sql: String, line: usize },
     /// `COPY … FROM stdin;` followed by its data rows up to the `\.` line (exclusive). `data` holds the raw rows, each ending in '\n'.
-    Copy { sql: String, data: String, line: usize },
+    Copy {
+        sql: String,
+        data: String,
+        line: usize,
+    },
     /// A psql meta-command line such as `\restrict KEY` or `\connect db` (backslash command at the start of a line, outside any statement).
-    Meta { command: String, args: String, line: usize },
+    Meta {
+        command: String,
+        args: String,
+        line: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,20 +74,26 @@ fn meta_command(tokens: &mut Tokenizer, backslash: &Token) -> Item {
     let rest = tokens.rest_of_line();
     let rest = rest.trim_end();
     let (command, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-    Item::Meta { command: command.to_string(), args: args.trim().to_string(), line: backslash.line }
+    Item::Meta {
+        command: command.to_string(),
+        args: args.trim().to_string(),
+        line: backslash.line,
+    }
 }
 
 /// Reads one statement starting at `first`; `None` when it is empty.
 fn statement(tokens: &mut Tokenizer, first: &Token) -> Result<Option<Item>, LexError> {
     let mut end = tokens.text.len();
     let mut terminated = false;
+    let mut nesting = Nesting::default();
     let mut token = Some(first.clone());
     while let Some(t) = token {
-        if t.kind == Kind::Semicolon {
+        if t.kind == Kind::Semicolon && nesting.at_top() {
             end = t.start;
             terminated = true;
             break;
         }
+        nesting.observe(t.kind, &tokens.text[t.start..t.end]);
         token = tokens.next_token()?;
     }
     let sql = tokens.text[first.start..end].trim_end().to_string();
@@ -88,14 +102,72 @@ fn statement(tokens: &mut Tokenizer, first: &Token) -> Result<Option<Item>, LexE
     }
     if terminated && is_copy_from_stdin(&words(&sql)) {
         let data = copy_data(tokens, first.line)?;
-        return Ok(Some(Item::Copy { sql, data, line: first.line }));
+        return Ok(Some(Item::Copy {
+            sql,
+            data,
+            line: first.line,
+        }));
     }
-    Ok(Some(Item::Statement { sql, line: first.line }))
+    Ok(Some(Item::Statement {
+        sql,
+        line: first.line,
+    }))
+}
+
+/// psql's rule for semicolons that do not end a statement: those inside parentheses (rules
+/// with several actions) and those inside the `BEGIN … END` of a SQL-standard routine body
+/// (`CREATE FUNCTION … BEGIN ATOMIC …; END`), where `CASE … END` nests too.
+#[derive(Default)]
+struct Nesting {
+    leading_words: Vec<String>,
+    parens: usize,
+    begins: usize,
+}
+
+impl Nesting {
+    fn at_top(&self) -> bool {
+        self.parens == 0 && self.begins == 0
+    }
+
+    fn observe(&mut self, kind: Kind, text: &str) {
+        match kind {
+            Kind::Other(b'(') => self.parens += 1,
+            Kind::Other(b')') => self.parens = self.parens.saturating_sub(1),
+            Kind::Word => self.word(text.to_ascii_uppercase()),
+            _ => {}
+        }
+    }
+
+    fn word(&mut self, word: String) {
+        if self.leading_words.len() < 4 {
+            self.leading_words.push(word.clone());
+        }
+        if !self.defines_routine() || self.parens > 0 {
+            return;
+        }
+        match word.as_str() {
+            "BEGIN" => self.begins += 1,
+            "CASE" if self.begins > 0 => self.begins += 1,
+            "END" => self.begins = self.begins.saturating_sub(1),
+            _ => {}
+        }
+    }
+
+    fn defines_routine(&self) -> bool {
+        let words: Vec<&str> = self.leading_words.iter().map(String::as_str).collect();
+        matches!(
+            words.as_slice(),
+            ["CREATE", "FUNCTION" | "PROCEDURE", ..]
+                | ["CREATE", "OR", "REPLACE", "FUNCTION" | "PROCEDURE", ..]
+        )
+    }
 }
 
 fn is_copy_from_stdin(words: &[String]) -> bool {
     words.first().is_some_and(|w| w == "COPY")
-        && words.windows(2).any(|pair| pair[0] == "FROM" && pair[1] == "STDIN")
+        && words
+            .windows(2)
+            .any(|pair| pair[0] == "FROM" && pair[1] == "STDIN")
 }
 
 /// The rows after a `COPY … FROM stdin;` line, up to a line that is exactly `\.`.
@@ -155,7 +227,12 @@ struct Tokenizer<'a> {
 
 impl<'a> Tokenizer<'a> {
     fn new(text: &'a str) -> Self {
-        Self { text, bytes: text.as_bytes(), pos: 0, line: 1 }
+        Self {
+            text,
+            bytes: text.as_bytes(),
+            pos: 0,
+            line: 1,
+        }
     }
 
     fn at_end(&self) -> bool {
@@ -175,7 +252,11 @@ impl<'a> Tokenizer<'a> {
 
     /// Whether only blanks precede `pos` on its line.
     fn starts_line(&self, pos: usize) -> bool {
-        self.bytes[..pos].iter().rev().take_while(|&&b| b != b'\n').all(u8::is_ascii_whitespace)
+        self.bytes[..pos]
+            .iter()
+            .rev()
+            .take_while(|&&b| b != b'\n')
+            .all(u8::is_ascii_whitespace)
     }
 
     /// Consumes up to and including the next newline.
@@ -191,7 +272,9 @@ impl<'a> Tokenizer<'a> {
     }
 
     fn next_token(&mut self) -> Result<Option<Token>, LexError> {
-        let Some(b) = self.peek(0) else { return Ok(None) };
+        let Some(b) = self.peek(0) else {
+            return Ok(None);
+        };
         let (start, line) = (self.pos, self.line);
         let kind = match b {
             b if b.is_ascii_whitespace() => self.space(),
@@ -208,7 +291,12 @@ impl<'a> Tokenizer<'a> {
             b';' => self.single(Kind::Semicolon),
             b => self.single(Kind::Other(b)),
         };
-        Ok(Some(Token { kind, start, end: self.pos, line }))
+        Ok(Some(Token {
+            kind,
+            start,
+            end: self.pos,
+            line,
+        }))
     }
 
     fn single(&mut self, kind: Kind) -> Kind {
@@ -225,7 +313,10 @@ impl<'a> Tokenizer<'a> {
 
     fn word(&mut self) -> Kind {
         // `$` may continue an identifier (`a$b`), which is why `a$b$` is no dollar quote.
-        while self.peek(0).is_some_and(|b| is_ident_start(b) || b.is_ascii_digit() || b == b'$') {
+        while self
+            .peek(0)
+            .is_some_and(|b| is_ident_start(b) || b.is_ascii_digit() || b == b'$')
+        {
             self.bump();
         }
         Kind::Word
@@ -262,12 +353,21 @@ impl<'a> Tokenizer<'a> {
 
     /// A `'…'` string or `"…"` identifier, where a doubled quote stands for itself; in an
     /// `E'…'` string a backslash also escapes the next character.
-    fn quoted(&mut self, quote: u8, backslash_escapes: bool, line: usize) -> Result<Kind, LexError> {
+    fn quoted(
+        &mut self,
+        quote: u8,
+        backslash_escapes: bool,
+        line: usize,
+    ) -> Result<Kind, LexError> {
         self.bump();
         loop {
             match self.peek(0) {
                 None => {
-                    let what = if quote == b'"' { "quoted identifier" } else { "string literal" };
+                    let what = if quote == b'"' {
+                        "quoted identifier"
+                    } else {
+                        "string literal"
+                    };
                     return Err(unterminated(what, line));
                 }
                 Some(b'\\') if backslash_escapes && self.peek(1).is_some() => {
@@ -280,7 +380,11 @@ impl<'a> Tokenizer<'a> {
                 }
                 Some(b) if b == quote => {
                     self.bump();
-                    let kind = if quote == b'"' { Kind::QuotedIdent } else { Kind::Literal };
+                    let kind = if quote == b'"' {
+                        Kind::QuotedIdent
+                    } else {
+                        Kind::Literal
+                    };
                     return Ok(kind);
                 }
                 Some(_) => self.bump(),
@@ -293,9 +397,10 @@ impl<'a> Tokenizer<'a> {
     fn dollar_tag(&self) -> Option<&'a str> {
         let rest = &self.bytes[self.pos + 1..];
         let tag_len = match rest.first() {
-            Some(&b) if is_ident_start(b) => {
-                rest.iter().take_while(|&&b| is_ident_start(b) || b.is_ascii_digit()).count()
-            }
+            Some(&b) if is_ident_start(b) => rest
+                .iter()
+                .take_while(|&&b| is_ident_start(b) || b.is_ascii_digit())
+                .count(),
             _ => 0,
         };
         (rest.get(tag_len) == Some(&b'$')).then(|| &self.text[self.pos..self.pos + tag_len + 2])
@@ -321,7 +426,10 @@ fn is_ident_start(b: u8) -> bool {
 }
 
 fn unterminated(what: &str, line: usize) -> LexError {
-    LexError { line, message: format!("unterminated {what} starting at line {line}") }
+    LexError {
+        line,
+        message: format!("unterminated {what} starting at line {line}"),
+    }
 }
 
 #[cfg(test)]
@@ -329,7 +437,10 @@ mod tests {
     use super::*;
 
     fn stmt(sql: &str, line: usize) -> Item {
-        Item::Statement { sql: sql.into(), line }
+        Item::Statement {
+            sql: sql.into(),
+            line,
+        }
     }
 
     fn sqls(text: &str) -> Vec<String> {
@@ -346,18 +457,29 @@ mod tests {
     #[test]
     fn plain_statements_with_lines() {
         let items = split("SELECT 1;\n\n  SELECT\n 2 ;SELECT 3").unwrap();
-        assert_eq!(items, vec![stmt("SELECT 1", 1), stmt("SELECT\n 2", 3), stmt("SELECT 3", 4)]);
+        assert_eq!(
+            items,
+            vec![
+                stmt("SELECT 1", 1),
+                stmt("SELECT\n 2", 3),
+                stmt("SELECT 3", 4)
+            ]
+        );
     }
 
     #[test]
     fn blank_and_comment_only_input_yields_nothing() {
         assert_eq!(split("").unwrap(), vec![]);
-        assert_eq!(split("  \n-- just a comment\n/* block */\n;\n ; \n").unwrap(), vec![]);
+        assert_eq!(
+            split("  \n-- just a comment\n/* block */\n;\n ; \n").unwrap(),
+            vec![]
+        );
     }
 
     #[test]
     fn leading_comments_do_not_count_as_statement_start() {
-        let items = split("-- header\n/* a\n b */\n\nCREATE TABLE t (id int); -- trailing\n").unwrap();
+        let items =
+            split("-- header\n/* a\n b */\n\nCREATE TABLE t (id int); -- trailing\n").unwrap();
         assert_eq!(items, vec![stmt("CREATE TABLE t (id int)", 5)]);
     }
 
@@ -366,20 +488,33 @@ mod tests {
         let text = "INSERT INTO \"a;b\"\"c\" VALUES ('x;''y'), ('it''s; fine');\nSELECT 2;";
         assert_eq!(
             sqls(text),
-            vec!["INSERT INTO \"a;b\"\"c\" VALUES ('x;''y'), ('it''s; fine')", "SELECT 2"]
+            vec![
+                "INSERT INTO \"a;b\"\"c\" VALUES ('x;''y'), ('it''s; fine')",
+                "SELECT 2"
+            ]
         );
     }
 
     #[test]
     fn escape_strings_honour_backslashes() {
         let text = "SELECT E'it\\'s; \\\\';\nSELECT e'\\\\';\nSELECT 'plain\\';";
-        assert_eq!(sqls(text), vec!["SELECT E'it\\'s; \\\\'", "SELECT e'\\\\'", "SELECT 'plain\\'"]);
+        assert_eq!(
+            sqls(text),
+            vec![
+                "SELECT E'it\\'s; \\\\'",
+                "SELECT e'\\\\'",
+                "SELECT 'plain\\'"
+            ]
+        );
     }
 
     #[test]
     fn an_identifier_ending_in_e_is_no_escape_prefix_but_the_string_is_still_a_string() {
         // `name'…'` is not valid SQL, but the quote must still hide the `;`.
-        assert_eq!(sqls("SELECT type'a;b';SELECT 2"), vec!["SELECT type'a;b'", "SELECT 2"]);
+        assert_eq!(
+            sqls("SELECT type'a;b';SELECT 2"),
+            vec!["SELECT type'a;b'", "SELECT 2"]
+        );
     }
 
     #[test]
@@ -387,7 +522,9 @@ mod tests {
         let text = "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $fn$\nBEGIN\n  RETURN 1; -- $$ inside\nEND;\n$fn$;\nDO $$ BEGIN PERFORM 1; END $$;\nSELECT 3;";
         let items = split(text).unwrap();
         assert_eq!(items.len(), 3);
-        assert!(matches!(&items[0], Item::Statement { sql, line: 1 } if sql.ends_with("END;\n$fn$")));
+        assert!(
+            matches!(&items[0], Item::Statement { sql, line: 1 } if sql.ends_with("END;\n$fn$"))
+        );
         assert_eq!(items[1], stmt("DO $$ BEGIN PERFORM 1; END $$", 6));
         assert_eq!(items[2], stmt("SELECT 3", 7));
     }
@@ -395,18 +532,30 @@ mod tests {
     #[test]
     fn parameters_and_identifier_dollars_are_not_dollar_quotes() {
         let text = "PREPARE p AS SELECT $1, a$b$ FROM t WHERE x = $2;\nSELECT 2;";
-        assert_eq!(sqls(text), vec!["PREPARE p AS SELECT $1, a$b$ FROM t WHERE x = $2", "SELECT 2"]);
+        assert_eq!(
+            sqls(text),
+            vec![
+                "PREPARE p AS SELECT $1, a$b$ FROM t WHERE x = $2",
+                "SELECT 2"
+            ]
+        );
     }
 
     #[test]
     fn nested_block_comments() {
         let text = "SELECT /* a /* nested; */ still comment; */ 1;\nSELECT 2;";
-        assert_eq!(sqls(text), vec!["SELECT /* a /* nested; */ still comment; */ 1", "SELECT 2"]);
+        assert_eq!(
+            sqls(text),
+            vec!["SELECT /* a /* nested; */ still comment; */ 1", "SELECT 2"]
+        );
     }
 
     #[test]
     fn line_comments_hide_semicolons_and_quotes() {
-        assert_eq!(sqls("SELECT 1 -- not; the 'end\n + 1;"), vec!["SELECT 1 -- not; the 'end\n + 1"]);
+        assert_eq!(
+            sqls("SELECT 1 -- not; the 'end\n + 1;"),
+            vec!["SELECT 1 -- not; the 'end\n + 1"]
+        );
     }
 
     #[test]
@@ -439,7 +588,11 @@ mod tests {
         let items = split(text).unwrap();
         assert_eq!(
             items[0],
-            Item::Copy { sql: "copy t from STDIN with (format csv)".into(), data: "a,\"b;c\"\n".into(), line: 1 }
+            Item::Copy {
+                sql: "copy t from STDIN with (format csv)".into(),
+                data: "a,\"b;c\"\n".into(),
+                line: 1
+            }
         );
         assert_eq!(items[1], stmt("COPY t TO stdout", 4));
     }
@@ -447,7 +600,14 @@ mod tests {
     #[test]
     fn copy_with_empty_data_and_terminator_at_eof() {
         let items = split("COPY t FROM stdin;\n\\.").unwrap();
-        assert_eq!(items, vec![Item::Copy { sql: "COPY t FROM stdin".into(), data: String::new(), line: 1 }]);
+        assert_eq!(
+            items,
+            vec![Item::Copy {
+                sql: "COPY t FROM stdin".into(),
+                data: String::new(),
+                line: 1
+            }]
+        );
     }
 
     #[test]
@@ -470,11 +630,23 @@ mod tests {
         assert_eq!(
             items,
             vec![
-                Item::Meta { command: "restrict".into(), args: "abc123".into(), line: 1 },
+                Item::Meta {
+                    command: "restrict".into(),
+                    args: "abc123".into(),
+                    line: 1
+                },
                 stmt("SELECT 1", 2),
-                Item::Meta { command: "connect".into(), args: "other db".into(), line: 3 },
+                Item::Meta {
+                    command: "connect".into(),
+                    args: "other db".into(),
+                    line: 3
+                },
                 stmt("SELECT 2", 4),
-                Item::Meta { command: "unrestrict".into(), args: "abc123".into(), line: 5 },
+                Item::Meta {
+                    command: "unrestrict".into(),
+                    args: "abc123".into(),
+                    line: 5
+                },
             ]
         );
     }
@@ -501,10 +673,38 @@ mod tests {
     }
 
     #[test]
+    fn semicolons_inside_parentheses_do_not_end_a_statement() {
+        let text = "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); NOTIFY t);\nSELECT 2;";
+        assert_eq!(
+            sqls(text),
+            vec![
+                "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); NOTIFY t)",
+                "SELECT 2"
+            ]
+        );
+    }
+
+    #[test]
+    fn sql_standard_routine_bodies_keep_their_semicolons() {
+        let body = "CREATE OR REPLACE FUNCTION f(x int) RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n  SELECT CASE WHEN x > 0 THEN 1 ELSE 0 END;\n  SELECT 2;\nEND";
+        let text = format!("{body};\nBEGIN;\nSELECT 3;\nEND;");
+        assert_eq!(sqls(&text), vec![body, "BEGIN", "SELECT 3", "END"]);
+    }
+
+    #[test]
     fn words_classify_statements() {
         assert_eq!(
             words("create /* x */ index \"Concurrently\" on t ('a;')"),
-            vec!["CREATE", "INDEX", "\"Concurrently\"", "ON", "T", "(", "'", ")"]
+            vec![
+                "CREATE",
+                "INDEX",
+                "\"Concurrently\"",
+                "ON",
+                "T",
+                "(",
+                "'",
+                ")"
+            ]
         );
     }
 }
