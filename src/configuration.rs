@@ -71,6 +71,12 @@ pub struct NeonTargetConfig {
     /// Overall deadline for one Neon call including retries and operation waits, e.g. "3m".
     pub deadline: Option<String>,
     pub max_environments: Option<u32>,
+    /// First retry delay in milliseconds (default 250), doubling up to 10 s.
+    pub retry_base_ms: Option<u64>,
+    /// How often a running Neon operation is polled, in milliseconds (default 500).
+    pub poll_interval_ms: Option<u64>,
+    /// Timeout of one HTTP request in seconds (default 30: branch creation can exceed 10 s).
+    pub request_timeout_seconds: Option<u64>,
 }
 
 fn default_neon_api_url() -> String {

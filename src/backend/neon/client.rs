@@ -23,11 +23,25 @@ pub struct ClientSettings {
 #[derive(Debug)]
 pub enum NeonError {
     /// Neon answered with an error that retrying will not cure.
-    Api { status: StatusCode, code: String, message: String, request_id: Option<String>, call: String },
+    Api {
+        status: StatusCode,
+        code: String,
+        message: String,
+        request_id: Option<String>,
+        call: String,
+    },
     /// Neon could not be reached, or kept answering "try later", until the deadline.
-    Unavailable { message: String, retry_after: Option<Duration> },
+    Unavailable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// A Neon operation ended badly.
-    Operation { id: String, action: String, status: String, error: Option<String> },
+    Operation {
+        id: String,
+        action: String,
+        status: String,
+        error: Option<String>,
+    },
 }
 
 impl NeonError {
@@ -48,10 +62,17 @@ impl NeonError {
     /// Neon's branch quota, whichever of the documented shapes it comes in.
     pub fn is_branch_limit(&self) -> bool {
         match self {
-            NeonError::Api { status, code, message, .. } => {
+            NeonError::Api {
+                status,
+                code,
+                message,
+                ..
+            } => {
                 let m = message.to_ascii_lowercase();
                 code == "BRANCHES_LIMIT_EXCEEDED"
-                    || (matches!(status.as_u16(), 409 | 422) && m.contains("branch") && m.contains("limit"))
+                    || (matches!(status.as_u16(), 409 | 422)
+                        && m.contains("branch")
+                        && m.contains("limit"))
             }
             _ => false,
         }
@@ -61,7 +82,13 @@ impl NeonError {
 impl std::fmt::Display for NeonError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NeonError::Api { status, code, message, request_id, call } => {
+            NeonError::Api {
+                status,
+                code,
+                message,
+                request_id,
+                call,
+            } => {
                 write!(f, "Neon {call} answered {}: {message}", status.as_u16())?;
                 if !code.is_empty() {
                     write!(f, " (code {code})")?;
@@ -72,7 +99,12 @@ impl std::fmt::Display for NeonError {
                 Ok(())
             }
             NeonError::Unavailable { message, .. } => f.write_str(message),
-            NeonError::Operation { id, action, status, error } => {
+            NeonError::Operation {
+                id,
+                action,
+                status,
+                error,
+            } => {
                 write!(f, "Neon operation {action} {id} ended {status}")?;
                 if let Some(e) = error {
                     write!(f, ": {e}")?;
@@ -99,7 +131,6 @@ impl Deadline {
 /// A successful answer.
 #[derive(Debug)]
 pub struct Reply {
-    pub status: StatusCode,
     pub body: Value,
 }
 
@@ -126,7 +157,10 @@ pub struct NeonClient {
 
 impl std::fmt::Debug for NeonClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NeonClient").field("settings", &self.s).field("key", &self.key).finish()
+        f.debug_struct("NeonClient")
+            .field("settings", &self.s)
+            .field("key", &self.key)
+            .finish()
     }
 }
 
@@ -205,7 +239,10 @@ impl NeonClient {
                     // A POST that may have reached Neon is not repeated blindly; one that never
                     // connected is.
                     if !(idempotent || e.is_connect()) {
-                        return Err(NeonError::Unavailable { message: format!("Neon {call}: {text}"), retry_after: None });
+                        return Err(NeonError::Unavailable {
+                            message: format!("Neon {call}: {text}"),
+                            retry_after: None,
+                        });
                     }
                     (text, None)
                 }
@@ -227,7 +264,7 @@ impl NeonClient {
                                 retry_after: None,
                             })?
                         };
-                        return Ok(Reply { status, body });
+                        return Ok(Reply { body });
                     }
                     let (code, message, body_id) = parse_error(&text);
                     let message = self.redact(&message);
@@ -240,7 +277,10 @@ impl NeonClient {
                     if !transient {
                         if status.is_server_error() {
                             return Err(NeonError::Unavailable {
-                                message: format!("Neon {call} answered {}: {message}", status.as_u16()),
+                                message: format!(
+                                    "Neon {call} answered {}: {message}",
+                                    status.as_u16()
+                                ),
                                 retry_after: None,
                             });
                         }
@@ -269,7 +309,11 @@ impl NeonClient {
     }
 
     /// Polls each operation until it is over; the first bad ending is the error.
-    pub async fn wait_operations(&self, ids: &[String], deadline: Deadline) -> Result<(), NeonError> {
+    pub async fn wait_operations(
+        &self,
+        ids: &[String],
+        deadline: Deadline,
+    ) -> Result<(), NeonError> {
         for id in ids {
             let path = self.project_path(&format!("/operations/{}", seg(id)));
             loop {
@@ -289,7 +333,9 @@ impl NeonClient {
                     OpState::Running => {
                         if self.s.poll_interval >= deadline.remaining() {
                             return Err(NeonError::Unavailable {
-                                message: format!("Neon operation {id} still {status:?} at the deadline"),
+                                message: format!(
+                                    "Neon operation {id} still {status:?} at the deadline"
+                                ),
                                 retry_after: None,
                             });
                         }
@@ -303,7 +349,10 @@ impl NeonClient {
 
     /// Exponential from `retry_base`, capped, with jitter so that replicas do not retry in step.
     fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self.s.retry_base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let exp = self
+            .s
+            .retry_base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
         let d = exp.min(self.s.retry_max);
         d.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
     }
@@ -318,13 +367,23 @@ impl NeonClient {
     }
 }
 
+/// Everything but RFC 3986's unreserved characters, so that ids (`br-…`) stay readable.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encodes one path segment.
 pub fn seg(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// `(code, message, request_id)` of a Neon error body; a non-JSON body (a proxy's HTML page)
@@ -351,7 +410,13 @@ mod tests {
         for s in ["failed", "error", "cancelled"] {
             assert!(matches!(op_state(s), OpState::Bad), "{s}");
         }
-        for s in ["scheduling", "running", "cancelling", "paused-for-a-reason", ""] {
+        for s in [
+            "scheduling",
+            "running",
+            "cancelling",
+            "paused-for-a-reason",
+            "",
+        ] {
             assert!(matches!(op_state(s), OpState::Running), "{s}");
         }
     }
@@ -375,7 +440,10 @@ mod tests {
     #[test]
     fn error_bodies_are_parsed_and_html_is_cut_short() {
         let (code, msg, id) = parse_error(r#"{"code":"X","message":"m","request_id":"r"}"#);
-        assert_eq!((code.as_str(), msg.as_str(), id.as_deref()), ("X", "m", Some("r")));
+        assert_eq!(
+            (code.as_str(), msg.as_str(), id.as_deref()),
+            ("X", "m", Some("r"))
+        );
         let (_, msg, id) = parse_error(&"<html>".repeat(100));
         assert_eq!((msg.chars().count(), id), (200, None));
     }
@@ -396,12 +464,20 @@ mod tests {
         .unwrap();
         for _ in 0..20 {
             let b1 = c.backoff(1);
-            assert!(b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100), "{b1:?}");
+            assert!(
+                b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100),
+                "{b1:?}"
+            );
             let b3 = c.backoff(3);
-            assert!(b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(400), "{b3:?}");
+            assert!(
+                b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(400),
+                "{b3:?}"
+            );
             assert!(c.backoff(30) <= Duration::from_millis(1000));
         }
         assert_eq!(c.redact("Bearer k k"), "Bearer *** ***");
         assert!(!format!("{c:?}").contains("\"k\""));
+        assert_eq!(seg("br-a_b.c~d"), "br-a_b.c~d");
+        assert_eq!(seg("a/b c"), "a%2Fb%20c");
     }
 }
