@@ -4,7 +4,8 @@
 //! Every change to a key happens under that key's lock (see `Store::lock_key`), and runs in a
 //! task of its own so that a caller hanging up cannot leave an environment half-made.
 
-use crate::backend::{Backend, BackendError, Connection, ProvisionRequest, Secret, TargetHealth};
+use crate::backend::{Backend, BackendError, BlueprintStatus, Connection, ProvisionRequest, Secret, TargetHealth};
+use crate::blueprint::{Blueprint, SourceFile};
 use crate::domain::{EnvKey, InvalidInput, Isolation, Labels, Ttl};
 use crate::store::{EnvRecord, ListFilter, Sealer, State, Store, StoreError, StoredConnection};
 use chrono::{SubsecRound, Utc};
@@ -29,7 +30,10 @@ pub struct CreateSpec {
     pub isolation: Option<Isolation>,
     pub ttl: Option<Ttl>,
     pub labels: Labels,
+    /// A blueprint name; `None` asks for the default one, `Some("")` for an empty database.
     pub blueprint: Option<String>,
+    /// The caller's own migrations, applied on top of the blueprint.
+    pub migrations: Vec<SourceFile>,
 }
 
 /// An environment as returned to callers; the password only where the caller may see it.
@@ -63,6 +67,10 @@ pub enum ServiceError {
     #[error("{0}")]
     ProvisioningFailed(String),
     #[error("{0}")]
+    BlueprintFailed(String),
+    #[error("{0}")]
+    MigrationFailed(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -88,6 +96,8 @@ impl From<BackendError> for ServiceError {
             BackendError::LimitReached { message } => ServiceError::AtCapacity(message),
             BackendError::Invalid { message } => InvalidInput::new("isolation", message).into(),
             BackendError::Failed { message } => ServiceError::ProvisioningFailed(message),
+            e @ BackendError::Blueprint { .. } => ServiceError::BlueprintFailed(e.to_string()),
+            BackendError::Migration { message } => ServiceError::MigrationFailed(message),
         }
     }
 }
@@ -109,19 +119,82 @@ pub struct SweptEnv {
     pub error: Option<String>,
 }
 
+/// Service-wide settings from the configuration.
+pub struct Defaults {
+    pub target: String,
+    pub blueprint: Option<String>,
+    pub ttl: Ttl,
+    pub max_ttl: Ttl,
+}
+
 pub struct Environments {
     store: Store,
     sealer: Sealer,
     targets: BTreeMap<String, Target>,
-    default_target: String,
-    default_ttl: Ttl,
-    max_ttl: Ttl,
+    blueprints: BTreeMap<String, Arc<Blueprint>>,
+    defaults: Defaults,
 }
 
 impl Environments {
-    pub fn new(store: Store, sealer: Sealer, targets: Vec<Target>, default_target: String, default_ttl: Ttl, max_ttl: Ttl) -> Arc<Self> {
+    pub fn new(
+        store: Store,
+        sealer: Sealer,
+        targets: Vec<Target>,
+        blueprints: Vec<Blueprint>,
+        defaults: Defaults,
+    ) -> Arc<Self> {
         let targets = targets.into_iter().map(|t| (t.name.clone(), t)).collect();
-        Arc::new(Self { store, sealer, targets, default_target, default_ttl, max_ttl })
+        let blueprints = blueprints.into_iter().map(|b| (b.name.to_string(), Arc::new(b))).collect();
+        Arc::new(Self { store, sealer, targets, blueprints, defaults })
+    }
+
+    pub fn blueprints(&self) -> impl Iterator<Item = &Arc<Blueprint>> {
+        self.blueprints.values()
+    }
+
+    fn blueprint(&self, name: &str) -> Result<&Arc<Blueprint>> {
+        self.blueprints
+            .get(name)
+            .ok_or_else(|| InvalidInput::new("blueprint", format!("no blueprint named {name:?}")).into())
+    }
+
+    /// The blueprint's state on every target that builds templates.
+    pub async fn blueprint_status(&self, name: &str) -> Result<Vec<(String, BlueprintStatus)>> {
+        let bp = self.blueprint(name).map_err(|_| ServiceError::NotFound(name.to_owned()))?;
+        let mut out = vec![];
+        for t in self.targets.values().filter(|t| t.kind == "postgres") {
+            out.push((t.name.clone(), t.backend.blueprint_status(bp).await));
+        }
+        Ok(out)
+    }
+
+    /// Builds the blueprint's template and fills its pool on every target that builds templates.
+    pub async fn prepare_blueprint(&self, name: &str) -> Result<Vec<(String, BlueprintStatus)>> {
+        let bp = self.blueprint(name).map_err(|_| ServiceError::NotFound(name.to_owned()))?;
+        let mut out = vec![];
+        for t in self.targets.values().filter(|t| t.kind == "postgres") {
+            out.push((t.name.clone(), t.backend.prepare(bp).await?));
+        }
+        Ok(out)
+    }
+
+    /// Drops templates and pool databases that neither the configuration nor a live
+    /// environment refers to.
+    pub async fn collect_garbage(&self) -> Result<Vec<String>> {
+        let mut dropped = vec![];
+        for t in self.targets.values() {
+            let mut keep = self.store.live_blueprint_hashes(&t.name).await?;
+            for bp in self.blueprints.values() {
+                match t.backend.blueprint_hash(bp).await {
+                    Ok(Some(h)) => keep.push(h),
+                    Ok(None) => {}
+                    // Without the current hashes nothing can be told apart: collect nothing.
+                    Err(_) => return Ok(dropped),
+                }
+            }
+            dropped.extend(t.backend.collect_garbage(&keep).await?);
+        }
+        Ok(dropped)
     }
 
     pub fn store(&self) -> &Store {
@@ -143,9 +216,9 @@ impl Environments {
     }
 
     fn ttl(&self, ttl: Option<Ttl>) -> Result<Ttl> {
-        let ttl = ttl.unwrap_or(self.default_ttl);
-        if ttl > self.max_ttl {
-            return Err(InvalidInput::new("ttl", format!("{ttl} is longer than the maximum {}", self.max_ttl)).into());
+        let ttl = ttl.unwrap_or(self.defaults.ttl);
+        if ttl > self.defaults.max_ttl {
+            return Err(InvalidInput::new("ttl", format!("{ttl} is longer than the maximum {}", self.defaults.max_ttl)).into());
         }
         Ok(ttl)
     }
@@ -158,7 +231,7 @@ impl Environments {
     }
 
     async fn create_inner(&self, spec: CreateSpec) -> Result<(Env, bool)> {
-        let target_name = spec.target.clone().unwrap_or_else(|| self.default_target.clone());
+        let target_name = spec.target.clone().unwrap_or_else(|| self.defaults.target.clone());
         let target = self.target(&target_name)?;
         let isolation = spec.isolation.unwrap_or(target.backend.isolations()[0]);
         if !target.backend.isolations().contains(&isolation) {
@@ -168,11 +241,28 @@ impl Environments {
             )
             .into());
         }
-        if let Some(bp) = &spec.blueprint {
-            return Err(InvalidInput::new("blueprint", format!("no blueprint named {bp:?}")).into());
+        // Neon targets seed from their parent branch: no default blueprint there.
+        let builds_templates = target.kind == "postgres";
+        let blueprint_name = match spec.blueprint.as_deref() {
+            Some("") => None,
+            Some(name) => Some(name.to_owned()),
+            None if builds_templates => self.defaults.blueprint.clone(),
+            None => None,
+        };
+        let blueprint = blueprint_name.as_deref().map(|n| self.blueprint(n)).transpose()?.cloned();
+        if blueprint.is_some() && !builds_templates {
+            return Err(InvalidInput::new(
+                "blueprint",
+                format!("target {target_name:?} seeds environments from its parent branch; leave blueprint out"),
+            )
+            .into());
+        }
+        let format = blueprint.as_ref().map_or(crate::blueprint::MigrationFormat::Plain, |b| b.format);
+        for m in &spec.migrations {
+            format.check_name(&m.name).map_err(|e| InvalidInput::new("migrations", e))?;
         }
         let ttl = self.ttl(spec.ttl)?;
-        let digest = settings_digest(&target_name, isolation, spec.blueprint.as_deref());
+        let digest = settings_digest(&target_name, isolation, blueprint_name.as_deref(), &spec.migrations);
 
         let _lock = self.store.lock_key(spec.key.as_str()).await?;
         let mut resume = None;
@@ -210,6 +300,8 @@ impl Environments {
                     key: spec.key.clone(),
                     isolation,
                     expires_at: record.expires_at,
+                    blueprint: blueprint.clone(),
+                    migrations: spec.migrations.clone(),
                 };
                 (record, req)
             }
@@ -228,14 +320,20 @@ impl Environments {
                     key: spec.key.clone(),
                     isolation,
                     expires_at: now + ttl.as_chrono(),
+                    blueprint: blueprint.clone(),
+                    migrations: spec.migrations.clone(),
+                };
+                let blueprint_hash = match &blueprint {
+                    Some(bp) => target.backend.blueprint_hash(bp).await?,
+                    None => None,
                 };
                 let record = EnvRecord {
                     id: req.id,
                     key: spec.key.as_str().to_owned(),
                     target: target_name.clone(),
                     isolation,
-                    blueprint: spec.blueprint.clone(),
-                    blueprint_hash: None,
+                    blueprint: blueprint_name.clone(),
+                    blueprint_hash,
                     settings_digest: digest,
                     state: State::Provisioning,
                     error: None,
@@ -399,9 +497,27 @@ impl Environments {
     pub async fn reset(self: &Arc<Self>, reference: &str) -> Result<Env> {
         self.with_ready(reference, |this, record, target| {
             Box::pin(async move {
-                target.backend.reset(&record.resources).await?;
+                let blueprint = record.blueprint.as_deref().and_then(|b| this.blueprints.get(b));
+                target.backend.reset(&record.resources, blueprint.map(|b| b.as_ref())).await?;
                 let password = Some(this.open_password(&record)?);
                 Ok(Env { record, password })
+            })
+        })
+        .await
+    }
+
+    /// Applies more migrations to a live environment, keeping its data.
+    pub async fn migrate(self: &Arc<Self>, reference: &str, migrations: Vec<SourceFile>) -> Result<(Env, usize)> {
+        self.with_ready(reference, move |this, record, target| {
+            Box::pin(async move {
+                let blueprint = record.blueprint.as_deref().and_then(|b| this.blueprints.get(b)).cloned();
+                let format = blueprint.as_ref().map_or(crate::blueprint::MigrationFormat::Plain, |b| b.format);
+                for m in &migrations {
+                    format.check_name(&m.name).map_err(|e| InvalidInput::new("migrations", e))?;
+                }
+                let applied = target.backend.migrate(&record.resources, blueprint.as_deref(), &migrations).await?;
+                let password = Some(this.open_password(&record)?);
+                Ok((Env { record, password }, applied))
             })
         })
         .await
@@ -450,8 +566,9 @@ async fn join<T>(task: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
 }
 
 /// What makes two creates of one key "the same environment".
-fn settings_digest(target: &str, isolation: Isolation, blueprint: Option<&str>) -> String {
+fn settings_digest(target: &str, isolation: Isolation, blueprint: Option<&str>, migrations: &[SourceFile]) -> String {
     use sha2::Digest;
-    let doc = serde_json::json!({ "target": target, "isolation": isolation, "blueprint": blueprint });
+    let migrations: Vec<[&str; 2]> = migrations.iter().map(|m| [m.name.as_str(), m.text.as_str()]).collect();
+    let doc = serde_json::json!({ "target": target, "isolation": isolation, "blueprint": blueprint, "migrations": migrations });
     hex::encode(sha2::Sha256::digest(doc.to_string().as_bytes()))
 }

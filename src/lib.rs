@@ -11,3 +11,5 @@ pub mod http;
 pub mod startup;
 pub mod dev;
 pub mod cli;
+pub mod blueprint;
+pub mod lifecycle;

@@ -3,15 +3,12 @@
 use crate::backend::postgres::PostgresBackend;
 use crate::backend::Backend;
 use crate::configuration::{Config, TargetConfig};
-use crate::environments::{Environments, Target};
+use crate::blueprint::Blueprint;
+use crate::environments::{Defaults, Environments, Target};
 use crate::http::{router, AppState};
 use crate::store::{Sealer, Store};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
-
-/// How often expired environments are swept and unfinished work is reconciled.
-const LIFECYCLE_INTERVAL: Duration = Duration::from_secs(30);
 
 pub struct Application {
     listener: TcpListener,
@@ -44,14 +41,18 @@ impl Application {
             };
             targets.push(Target { name: name.clone(), kind, backend, max_environments: max });
         }
-        let envs = Environments::new(
-            store,
-            Sealer::new(&config.encryption_key),
-            targets,
-            config.default_target.clone(),
-            config.default_ttl,
-            config.max_ttl,
-        );
+        let blueprints = config
+            .blueprints
+            .iter()
+            .map(|(name, table)| Blueprint::load(name, table))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let defaults = Defaults {
+            target: config.default_target.clone(),
+            blueprint: config.default_blueprint.clone(),
+            ttl: config.default_ttl,
+            max_ttl: config.max_ttl,
+        };
+        let envs = Environments::new(store, Sealer::new(&config.encryption_key), targets, blueprints, defaults);
         let state = AppState { envs: envs.clone(), tokens: Arc::new(config.tokens.clone()) };
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Self { listener, router: router(state, config.max_body_bytes), envs })
@@ -67,29 +68,10 @@ impl Application {
 
     /// Serves until `shutdown` resolves, sweeping and reconciling in the background.
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let lifecycle = tokio::spawn(lifecycle_loop(self.envs.clone()));
+        let lifecycle = tokio::spawn(crate::lifecycle::run(self.envs.clone()));
         let result = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await;
         lifecycle.abort();
         Ok(result?)
-    }
-}
-
-/// Reconciles at start-up, then sweeps expired environments and retries unfinished clean-ups.
-async fn lifecycle_loop(envs: Arc<Environments>) {
-    loop {
-        match envs.reconcile().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(count = n, "reconciled unfinished environments"),
-            Err(e) => tracing::warn!(error = %e, "reconciliation failed"),
-        }
-        match envs.sweep().await {
-            Ok(r) if !r.deleted.is_empty() || !r.failed.is_empty() => {
-                tracing::info!(deleted = r.deleted.len(), failed = r.failed.len(), "swept expired environments")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "sweep failed"),
-        }
-        tokio::time::sleep(LIFECYCLE_INTERVAL).await;
     }
 }
 

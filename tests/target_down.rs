@@ -73,8 +73,16 @@ async fn target_down_answers_503_and_keeps_state() {
         t.public_port = flaky.port();
     }
     let app = TestApp::spawn_with(cluster, config).await;
-    app.app.reconcile().await.unwrap();
-    let (_, gone) = app.get(&env_path("flaky/1")).await;
+    // The app's own lifecycle loop may be reconciling already; wait for the outcome.
+    let mut gone = serde_json::Value::Null;
+    for _ in 0..50 {
+        app.app.reconcile().await.unwrap();
+        gone = app.get(&env_path("flaky/1")).await.1;
+        if gone["state"] == "deleted" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(gone["state"], "deleted", "{gone}");
     let admin = connect(&flaky.admin_url("postgres")).await.unwrap();
     let left: i64 = admin

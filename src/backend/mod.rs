@@ -8,8 +8,10 @@
 pub mod neon;
 pub mod postgres;
 
+use crate::blueprint::{Blueprint, SourceFile};
 use crate::domain::{EnvKey, Isolation};
 use chrono::{DateTime, Utc};
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -20,6 +22,10 @@ pub struct ProvisionRequest {
     pub key: EnvKey,
     pub isolation: Isolation,
     pub expires_at: DateTime<Utc>,
+    /// What the environment starts as; `None` for an empty database (or a Neon parent branch).
+    pub blueprint: Option<Arc<Blueprint>>,
+    /// The caller's own migrations, applied on top of the blueprint in its format.
+    pub migrations: Vec<SourceFile>,
 }
 
 /// Backend-specific names and ids of what an environment owns on its target, kept in the
@@ -108,6 +114,12 @@ pub enum BackendError {
     /// The target answered with an error.
     #[error("{message}")]
     Failed { message: String },
+    /// A blueprint's files failed to build into a template (file, line, server message).
+    #[error("blueprint {blueprint:?} failed to build: {message}")]
+    Blueprint { blueprint: String, message: String },
+    /// The caller's migrations failed (file, line, server message).
+    #[error("migration failed: {message}")]
+    Migration { message: String },
 }
 
 impl BackendError {
@@ -156,9 +168,51 @@ pub trait Backend: Send + Sync {
     ) -> Result<Connection, BackendError>;
 
     /// Returns the environment's data to its starting point, keeping its credentials.
-    async fn reset(&self, resources: &Resources) -> Result<(), BackendError>;
+    async fn reset(&self, resources: &Resources, blueprint: Option<&Blueprint>) -> Result<(), BackendError>;
 
     async fn health(&self) -> TargetHealth;
+
+    /// The content hash a blueprint's template has on this target.
+    async fn blueprint_hash(&self, _blueprint: &Blueprint) -> Result<Option<String>, BackendError> {
+        Ok(None)
+    }
+
+    /// Builds the blueprint's template now and fills its pool.
+    async fn prepare(&self, blueprint: &Arc<Blueprint>) -> Result<BlueprintStatus, BackendError> {
+        Ok(self.blueprint_status(blueprint).await)
+    }
+
+    async fn blueprint_status(&self, _blueprint: &Arc<Blueprint>) -> BlueprintStatus {
+        BlueprintStatus::default()
+    }
+
+    /// Applies more of the caller's migrations to a live environment, keeping its data.
+    async fn migrate(
+        &self,
+        _resources: &Resources,
+        _blueprint: Option<&Blueprint>,
+        _migrations: &[SourceFile],
+    ) -> Result<usize, BackendError> {
+        Err(BackendError::Invalid { message: "this target does not apply migrations".into() })
+    }
+
+    /// Drops templates and pooled databases of blueprint hashes not in `keep`.
+    async fn collect_garbage(&self, _keep: &[String]) -> Result<Vec<String>, BackendError> {
+        Ok(vec![])
+    }
+}
+
+/// A blueprint's state on one target.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct BlueprintStatus {
+    pub hash: Option<String>,
+    /// `absent`, `building`, `ready` or `failed`; `unsupported` where the target has no templates.
+    pub template: String,
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub pool_ready: usize,
+    pub pool_size: u32,
 }
 
 /// Reads a string entry of `Resources`.

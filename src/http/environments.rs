@@ -2,6 +2,7 @@
 
 use super::auth::Caller;
 use super::{ApiError, ApiJson, AppState};
+use crate::blueprint::SourceFile;
 use crate::configuration::Scope;
 use crate::domain::{EnvKey, Isolation, Labels, Ttl};
 use crate::environments::{CreateSpec, Env};
@@ -22,6 +23,34 @@ pub struct CreateBody {
     ttl: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    #[serde(default)]
+    migrations: Vec<MigrationBody>,
+}
+
+/// One of the caller's migrations: a file name in the blueprint's format and its SQL.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationBody {
+    name: String,
+    sql: String,
+}
+
+fn migration_files(body: Vec<MigrationBody>) -> Result<Vec<SourceFile>, ApiError> {
+    let mut names = std::collections::HashSet::new();
+    body.into_iter()
+        .map(|m| {
+            let plain = !m.name.is_empty()
+                && m.name.len() <= 200
+                && m.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if !plain {
+                return Err(ApiError::invalid(format!("migrations: {:?} must be 1–200 of [A-Za-z0-9._-]", m.name)));
+            }
+            if !names.insert(m.name.clone()) {
+                return Err(ApiError::invalid(format!("migrations: {:?} appears twice", m.name)));
+            }
+            Ok(SourceFile { name: m.name, text: m.sql })
+        })
+        .collect()
 }
 
 impl CreateBody {
@@ -39,6 +68,7 @@ impl CreateBody {
             ttl: self.ttl.as_deref().map(Ttl::parse).transpose().map_err(|e| ApiError::invalid(e.to_string()))?,
             labels: Labels::parse(self.labels).map_err(|e| ApiError::invalid(e.to_string()))?,
             blueprint: self.blueprint,
+            migrations: migration_files(self.migrations)?,
         })
     }
 }
@@ -215,4 +245,29 @@ pub async fn reset(
 ) -> Result<Json<EnvView>, ApiError> {
     caller.require(Scope::Write)?;
     Ok(Json(state.envs.reset(&reference).await?.into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateBody {
+    migrations: Vec<MigrationBody>,
+}
+
+#[derive(Serialize)]
+pub struct MigrateView {
+    applied: usize,
+    #[serde(flatten)]
+    environment: EnvView,
+}
+
+pub async fn migrate(
+    AxState(state): AxState<AppState>,
+    caller: Caller,
+    Path(reference): Path<String>,
+    ApiJson(body): ApiJson<MigrateBody>,
+) -> Result<Json<MigrateView>, ApiError> {
+    caller.require(Scope::Write)?;
+    let files = migration_files(body.migrations)?;
+    let (env, applied) = state.envs.migrate(&reference, files).await?;
+    Ok(Json(MigrateView { applied, environment: env.into() }))
 }

@@ -68,6 +68,8 @@ impl From<ServiceError> for ApiError {
                 ..ApiError::new(S::SERVICE_UNAVAILABLE, "unavailable", message)
             },
             ServiceError::ProvisioningFailed(m) => ApiError::new(S::BAD_GATEWAY, "provisioning_failed", m),
+            ServiceError::BlueprintFailed(m) => ApiError::new(S::UNPROCESSABLE_ENTITY, "blueprint_failed", m),
+            ServiceError::MigrationFailed(m) => ApiError::new(S::UNPROCESSABLE_ENTITY, "migration_failed", m),
             ServiceError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 ApiError::new(S::INTERNAL_SERVER_ERROR, "internal", m)

@@ -1,6 +1,7 @@
 //! The REST API v1: routing, middleware, and the mapping of requests onto the services.
 
 mod auth;
+mod blueprints;
 mod environments;
 mod error;
 mod system;
@@ -47,6 +48,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/environments/{ref}/extend", post(environments::extend))
         .route("/v1/environments/{ref}/credentials", post(environments::rotate_credentials))
         .route("/v1/environments/{ref}/reset", post(environments::reset))
+        .route("/v1/environments/{ref}/migrate", post(environments::migrate))
+        .route("/v1/blueprints", get(blueprints::list))
+        .route("/v1/blueprints/{name}", get(blueprints::get))
+        .route("/v1/blueprints/{name}/prepare", post(blueprints::prepare))
         .route("/v1/sweep", post(system::sweep))
         .route("/v1/targets", get(system::targets))
         .route("/healthz", get(system::healthz))

@@ -7,6 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod lexer;
+pub mod migrations;
 
 pub use lexer::{Item, LexError};
 
@@ -139,7 +140,7 @@ pub struct ScriptError {
 }
 
 impl ScriptError {
-    fn local(file: &str, line: usize, statement: &str, message: String) -> Self {
+    pub(crate) fn local(file: &str, line: usize, statement: &str, message: String) -> Self {
         Self {
             file: file.to_string(),
             line,
@@ -153,7 +154,7 @@ impl ScriptError {
     }
 
     /// An error the server (or the connection) reported for `sql`, which starts at `line`.
-    fn server(file: &str, line: usize, sql: &str, error: &tokio_postgres::Error) -> Self {
+    pub(crate) fn server(file: &str, line: usize, sql: &str, error: &tokio_postgres::Error) -> Self {
         let Some(db) = error.as_db_error() else {
             return Self::local(file, line, sql, error.to_string());
         };

@@ -280,6 +280,21 @@ impl Store {
         Ok(row.get(0))
     }
 
+    /// Template hashes that live environments of a target were made from (reset needs them).
+    pub async fn live_blueprint_hashes(&self, target: &str) -> Result<Vec<String>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT DISTINCT blueprint_hash FROM environments WHERE target = $1 AND blueprint_hash IS NOT NULL \
+                 AND state IN ('provisioning', 'ready', 'deleting')",
+                &[&target],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Ready environments whose time is up.
     pub async fn expired(&self, now: DateTime<Utc>) -> Result<Vec<EnvRecord>> {
         let sql = format!("SELECT {COLUMNS} FROM environments WHERE state = 'ready' AND expires_at <= $1");

@@ -1,0 +1,456 @@
+//! The `postgres` target: each environment is a database owned by a role of its own, cloned
+//! from its blueprint's template (see `template`), preferably out of the warm pool (see `pool`).
+
+mod pool;
+mod template;
+
+use super::{
+    object_name, resource, Backend, BackendError, BlueprintStatus, Connection, ProvisionRequest, Resources, Secret,
+    TargetHealth,
+};
+use crate::blueprint::{Blueprint, MigrationFormat, SourceFile};
+use crate::configuration::PostgresTargetConfig;
+use crate::domain::{Isolation, PgIdent};
+use crate::sqlexec::migrations::{self, Session};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use postgres_protocol::escape::escape_literal;
+use rand::distributions::{Alphanumeric, DistString};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// Role passwords outlive the environment by this much, so that an extension racing the expiry
+/// never locks a caller out, while a missed teardown still ends access on its own.
+const VALID_UNTIL_GRACE: chrono::Duration = chrono::Duration::hours(1);
+
+/// How every previewdb-made object is marked (in its COMMENT), so that only those are collected.
+pub const MARK_PREFIX: &str = "previewdb:env=";
+
+/// What previewdb needs to know about the server once.
+#[derive(Debug, Clone, Copy)]
+struct ServerInfo {
+    major: u32,
+    superuser: bool,
+}
+
+pub struct PostgresBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: PostgresTargetConfig,
+    admin: Pool,
+    admin_config: tokio_postgres::Config,
+    server: OnceCell<ServerInfo>,
+    templates: template::Templates,
+    pool: pool::WarmPool,
+}
+
+impl PostgresBackend {
+    pub fn new(cfg: PostgresTargetConfig) -> anyhow::Result<Self> {
+        let admin = crate::store::connect_pool(&cfg.admin_url, 16)?;
+        let mut admin_config: tokio_postgres::Config = cfg.admin_url.parse()?;
+        if admin_config.get_connect_timeout().is_none() {
+            admin_config.connect_timeout(Duration::from_secs(5));
+        }
+        admin_config.application_name("previewdb");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cfg,
+                admin,
+                admin_config,
+                server: OnceCell::new(),
+                templates: Default::default(),
+                pool: Default::default(),
+            }),
+        })
+    }
+
+    /// Hardens the cluster for untrusted roles: PUBLIC loses CONNECT on every database that is
+    /// not an environment's, so a role reaches its own database only.
+    pub async fn harden(&self) -> Result<Vec<String>, BackendError> {
+        let inner = &self.inner;
+        if !inner.cfg.revoke_public_connect {
+            return Ok(vec![]);
+        }
+        let conn = inner.admin().await?;
+        let rows = conn
+            .query(
+                "SELECT d.datname FROM pg_database d \
+                 WHERE d.datallowconn AND NOT coalesce(shobj_description(d.oid, 'pg_database'), '') LIKE 'previewdb:%' \
+                 AND has_database_privilege('public', d.oid, 'CONNECT')",
+                &[],
+            )
+            .await
+            .map_err(db_err)?;
+        let mut revoked = vec![];
+        for row in rows {
+            let name: String = row.get(0);
+            let sql = format!("REVOKE CONNECT ON DATABASE {} FROM PUBLIC", quote(&name));
+            match conn.batch_execute(&sql).await {
+                Ok(()) => revoked.push(name),
+                Err(e) => tracing::warn!(database = %name, error = %e, "could not revoke PUBLIC CONNECT"),
+            }
+        }
+        Ok(revoked)
+    }
+}
+
+impl Inner {
+    async fn admin(&self) -> Result<deadpool_postgres::Object, BackendError> {
+        self.admin.get().await.map_err(|e| BackendError::Unavailable {
+            message: format!("cannot reach the target's admin connection: {e}"),
+            retry_after: Some(Duration::from_secs(5)),
+        })
+    }
+
+    async fn server(&self) -> Result<ServerInfo, BackendError> {
+        self.server
+            .get_or_try_init(|| async {
+                let row = self
+                    .admin()
+                    .await?
+                    .query_one(
+                        "SELECT current_setting('server_version_num')::int / 10000, rolsuper \
+                         FROM pg_roles WHERE rolname = current_user",
+                        &[],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                Ok(ServerInfo { major: row.get::<_, i32>(0) as u32, superuser: row.get(1) })
+            })
+            .await
+            .copied()
+    }
+
+    /// The admin's connection settings, pointed at another database of the target.
+    fn db_config(&self, database: &str) -> tokio_postgres::Config {
+        let mut cfg = self.admin_config.clone();
+        cfg.dbname(database);
+        cfg
+    }
+
+    /// A dedicated admin connection to `database`, closed when dropped.
+    async fn connect_db(&self, database: &str) -> Result<tokio_postgres::Client, BackendError> {
+        let (client, conn) = self.db_config(database).connect(tokio_postgres::NoTls).await.map_err(db_err)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    fn connection(&self, db: &PgIdent, role: &PgIdent, password: Secret) -> Connection {
+        Connection {
+            host: self.cfg.public_host.clone(),
+            port: self.cfg.public_port,
+            database: db.as_str().to_owned(),
+            schema: None,
+            user: role.as_str().to_owned(),
+            password,
+            params: vec![],
+        }
+    }
+
+    /// `LOGIN … VALID UNTIL … PASSWORD …` for an environment role; only the verifier is sent.
+    fn login_attributes(&self, expires_at: DateTime<Utc>) -> (Secret, String) {
+        let (password, verifier) = new_password();
+        let attrs = format!(
+            "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {} \
+             VALID UNTIL {} PASSWORD {}",
+            self.cfg.connection_limit,
+            valid_until(expires_at),
+            escape_literal(&verifier)
+        );
+        (password, attrs)
+    }
+
+    /// A non-superuser admin must be a member of a role to create databases it owns.
+    async fn grant_membership(&self, conn: &tokio_postgres::Client, role: &PgIdent) -> Result<(), BackendError> {
+        if self.server().await?.superuser {
+            return Ok(());
+        }
+        conn.batch_execute(&format!("GRANT {} TO CURRENT_USER", role.quoted())).await.map_err(db_err)
+    }
+
+    /// Makes the role and its database from scratch: empty, or cloned from `template`.
+    async fn create_cold(
+        &self,
+        req: &ProvisionRequest,
+        template: Option<&template::TemplateInfo>,
+        db: &PgIdent,
+        role: &PgIdent,
+    ) -> Result<Secret, BackendError> {
+        let conn = self.admin().await?;
+        let (password, attrs) = self.login_attributes(req.expires_at);
+        let mark = escape_literal(&format!("{MARK_PREFIX}{}", req.id));
+        conn.batch_execute(&format!("CREATE ROLE {r} {attrs}; COMMENT ON ROLE {r} IS {mark};", r = role.quoted()))
+            .await
+            .map_err(db_err)?;
+        self.grant_membership(&conn, role).await?;
+        let from = template.map(|t| format!(" TEMPLATE {}", quote(&t.name))).unwrap_or_default();
+        conn.batch_execute(&format!("CREATE DATABASE {}{from} OWNER {}", db.quoted(), role.quoted()))
+            .await
+            .map_err(db_err)?;
+        conn.batch_execute(&format!(
+            "REVOKE ALL ON DATABASE {d} FROM PUBLIC; COMMENT ON DATABASE {d} IS {mark};",
+            d = db.quoted()
+        ))
+        .await
+        .map_err(db_err)?;
+        if template.is_some() {
+            self.take_ownership(db, role).await?;
+        }
+        Ok(password)
+    }
+
+    /// Objects in a clone keep the template's owner: hand them all to the environment's role, so
+    /// its own migrations can ALTER or DROP anything.
+    async fn take_ownership(&self, db: &PgIdent, role: &PgIdent) -> Result<(), BackendError> {
+        let client = self.connect_db(db.as_str()).await?;
+        client
+            .batch_execute(&format!("REASSIGN OWNED BY {} TO {}", quote(template::BUILDER_ROLE), role.quoted()))
+            .await
+            .map_err(db_err)
+    }
+
+    async fn apply_migrations(
+        &self,
+        db: &PgIdent,
+        role: &PgIdent,
+        blueprint: Option<&Blueprint>,
+        extra: &[SourceFile],
+    ) -> Result<usize, BackendError> {
+        let format = blueprint.map_or(MigrationFormat::Plain, |b| b.format);
+        let mut files: Vec<SourceFile> = blueprint.map(|b| b.migrations.clone()).unwrap_or_default();
+        files.extend_from_slice(extra);
+        let session = Session { config: self.db_config(db.as_str()), role: role.as_str().to_owned() };
+        migrations::apply(format, &session, &files)
+            .await
+            .map_err(|e| BackendError::Migration { message: e.to_string() })
+    }
+
+    /// Creates the environment's role and database: from the warm pool when it has one ready,
+    /// else cloned (or empty) on demand; then the caller's migrations.
+    async fn make(self: &Arc<Self>, req: &ProvisionRequest, db: &PgIdent, role: &PgIdent) -> Result<Secret, BackendError> {
+        let password = match &req.blueprint {
+            None => self.create_cold(req, None, db, role).await?,
+            Some(bp) => {
+                let tpl = self.templates.ensure(self, bp).await?;
+                let warm = pool::claim(self, bp, &tpl, req, db, role).await?;
+                pool::refill_in_background(self.clone(), bp.clone(), tpl.clone());
+                match warm {
+                    Some(password) => password,
+                    None => self.create_cold(req, Some(&tpl), db, role).await?,
+                }
+            }
+        };
+        if !req.migrations.is_empty() {
+            self.apply_migrations(db, role, req.blueprint.as_deref(), &req.migrations).await?;
+        }
+        Ok(password)
+    }
+
+    async fn teardown(&self, db: &PgIdent, role: &PgIdent) -> Result<(), BackendError> {
+        let conn = self.admin().await?;
+        let role_exists = conn
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role.as_str()])
+            .await
+            .map_err(db_err)?
+            .is_some();
+        if role_exists {
+            conn.batch_execute(&format!("ALTER ROLE {} NOLOGIN", role.quoted())).await.map_err(db_err)?;
+        }
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE (usename = $1 OR datname = $2) AND pid <> pg_backend_pid()",
+            &[&role.as_str(), &db.as_str()],
+        )
+        .await
+        .map_err(db_err)?;
+        conn.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.quoted()))
+            .await
+            .map_err(db_err)?;
+        if role_exists {
+            conn.batch_execute(&format!("DROP ROLE IF EXISTS {}", role.quoted())).await.map_err(db_err)?;
+        }
+        Ok(())
+    }
+}
+
+fn names(resources: &Resources) -> Result<(PgIdent, PgIdent), BackendError> {
+    let get = |k: &str| {
+        resource(resources, k)
+            .and_then(|n| PgIdent::parse(n).ok())
+            .ok_or_else(|| BackendError::failed(format!("environment record lacks a valid `{k}` name")))
+    };
+    Ok((get("database")?, get("role")?))
+}
+
+#[async_trait::async_trait]
+impl Backend for PostgresBackend {
+    fn isolations(&self) -> &'static [Isolation] {
+        &[Isolation::Database]
+    }
+
+    fn plan(&self, req: &ProvisionRequest) -> Result<Resources, BackendError> {
+        if req.isolation != Isolation::Database {
+            return Err(BackendError::Invalid {
+                message: format!("isolation {:?} is not offered by this target", req.isolation.as_str()),
+            });
+        }
+        // Database and role share one name: `sameuser` rules in pg_hba.conf can then pin each
+        // role to its own database.
+        let name = object_name(&req.key, &req.id.to_string());
+        let mut r = Resources::new();
+        r.insert("database".into(), name.as_str().into());
+        r.insert("role".into(), name.as_str().into());
+        Ok(r)
+    }
+
+    async fn provision(&self, req: &ProvisionRequest, resources: &mut Resources) -> Result<Connection, BackendError> {
+        let inner = &self.inner;
+        let (db, role) = names(resources)?;
+        match inner.make(req, &db, &role).await {
+            Ok(password) => Ok(inner.connection(&db, &role, password)),
+            Err(e) => {
+                if let Err(cleanup) = inner.teardown(&db, &role).await {
+                    tracing::warn!(error = %cleanup, "rollback of a failed provision did not complete");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn teardown(&self, resources: &Resources) -> Result<(), BackendError> {
+        let (db, role) = names(resources)?;
+        self.inner.teardown(&db, &role).await
+    }
+
+    async fn extend(&self, resources: &Resources, expires_at: DateTime<Utc>) -> Result<(), BackendError> {
+        let (_, role) = names(resources)?;
+        let sql = format!("ALTER ROLE {} VALID UNTIL {}", role.quoted(), valid_until(expires_at));
+        self.inner.admin().await?.batch_execute(&sql).await.map_err(db_err)
+    }
+
+    async fn rotate_credentials(&self, resources: &Resources, expires_at: DateTime<Utc>) -> Result<Connection, BackendError> {
+        let (db, role) = names(resources)?;
+        let (password, attrs) = self.inner.login_attributes(expires_at);
+        let sql = format!("ALTER ROLE {} {attrs}", role.quoted());
+        self.inner.admin().await?.batch_execute(&sql).await.map_err(db_err)?;
+        Ok(self.inner.connection(&db, &role, password))
+    }
+
+    async fn reset(&self, resources: &Resources, blueprint: Option<&Blueprint>) -> Result<(), BackendError> {
+        let inner = &self.inner;
+        let (db, role) = names(resources)?;
+        let template = match blueprint {
+            Some(bp) => Some(inner.templates.ensure(inner, bp).await?),
+            None => None,
+        };
+        let conn = inner.admin().await?;
+        let mark: Option<String> = conn
+            .query_opt("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1", &[&db.as_str()])
+            .await
+            .map_err(db_err)?
+            .and_then(|r| r.get(0));
+        let mark = mark.ok_or_else(|| BackendError::failed(format!("database {db} is missing")))?;
+        // DROP and CREATE DATABASE cannot share a simple query (it would be one transaction).
+        conn.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.quoted())).await.map_err(db_err)?;
+        let from = template.as_ref().map(|t| format!(" TEMPLATE {}", quote(&t.name))).unwrap_or_default();
+        conn.batch_execute(&format!("CREATE DATABASE {}{from} OWNER {}", db.quoted(), role.quoted()))
+            .await
+            .map_err(db_err)?;
+        conn.batch_execute(&format!(
+            "REVOKE ALL ON DATABASE {d} FROM PUBLIC; COMMENT ON DATABASE {d} IS {m};",
+            d = db.quoted(),
+            m = escape_literal(&mark)
+        ))
+        .await
+        .map_err(db_err)?;
+        if template.is_some() {
+            inner.take_ownership(&db, &role).await?;
+        }
+        Ok(())
+    }
+
+    async fn health(&self) -> TargetHealth {
+        let probe = async {
+            let conn = self.inner.admin().await?;
+            let row = conn.query_one("SHOW server_version", &[]).await.map_err(db_err)?;
+            Ok::<String, BackendError>(row.get(0))
+        };
+        match tokio::time::timeout(Duration::from_secs(5), probe).await {
+            Ok(Ok(v)) => TargetHealth { healthy: true, server_version: Some(v), error: None },
+            Ok(Err(e)) => TargetHealth { healthy: false, server_version: None, error: Some(e.to_string()) },
+            Err(_) => TargetHealth { healthy: false, server_version: None, error: Some("timed out".into()) },
+        }
+    }
+
+    async fn blueprint_hash(&self, blueprint: &Blueprint) -> Result<Option<String>, BackendError> {
+        Ok(Some(blueprint.hash_for(self.inner.server().await?.major)))
+    }
+
+    async fn prepare(&self, blueprint: &Arc<Blueprint>) -> Result<BlueprintStatus, BackendError> {
+        let inner = &self.inner;
+        let tpl = inner.templates.ensure(inner, blueprint).await?;
+        pool::fill(inner, blueprint, &tpl).await?;
+        Ok(self.blueprint_status(blueprint).await)
+    }
+
+    async fn blueprint_status(&self, blueprint: &Arc<Blueprint>) -> BlueprintStatus {
+        let inner = &self.inner;
+        let hash = match inner.server().await {
+            Ok(s) => blueprint.hash_for(s.major),
+            Err(e) => return BlueprintStatus { template: "unknown".into(), error: Some(e.to_string()), ..Default::default() },
+        };
+        let mut status = inner.templates.status(inner, blueprint, &hash).await;
+        status.pool_ready = pool::ready_count(inner, blueprint, &hash).await;
+        status.pool_size = blueprint.pool_size;
+        status
+    }
+
+    async fn migrate(
+        &self,
+        resources: &Resources,
+        blueprint: Option<&Blueprint>,
+        migrations: &[SourceFile],
+    ) -> Result<usize, BackendError> {
+        let (db, role) = names(resources)?;
+        self.inner.apply_migrations(&db, &role, blueprint, migrations).await
+    }
+
+    async fn collect_garbage(&self, keep: &[String]) -> Result<Vec<String>, BackendError> {
+        template::collect_garbage(&self.inner, keep).await
+    }
+}
+
+/// A random 32-character password and its SCRAM-SHA-256 verifier; only the verifier is sent.
+fn new_password() -> (Secret, String) {
+    let password = Alphanumeric.sample_string(&mut rand::rngs::OsRng, 32);
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    (Secret::new(password), verifier)
+}
+
+fn valid_until(expires_at: DateTime<Utc>) -> String {
+    escape_literal(&(expires_at + VALID_UNTIL_GRACE).to_rfc3339())
+}
+
+fn quote(name: &str) -> String {
+    postgres_protocol::escape::escape_identifier(name)
+}
+
+/// Maps a server error to a backend error, keeping the server's words; connection loss is
+/// "unavailable" so callers get a 503 they may retry.
+pub(crate) fn db_err(e: tokio_postgres::Error) -> BackendError {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut message = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(d) = db.detail() {
+                message.push_str(&format!(": {d}"));
+            }
+            BackendError::Failed { message }
+        }
+        None => BackendError::Unavailable { message: e.to_string(), retry_after: Some(Duration::from_secs(5)) },
+    }
+}

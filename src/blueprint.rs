@@ -1,0 +1,243 @@
+//! Blueprints: what a new environment starts as — a schema dump, ordered migrations and seed
+//! fixtures — read from disk once at start-up and content-addressed by a hash of every input.
+
+use crate::domain::PgIdent;
+use anyhow::{anyhow, bail, Context};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Bumped whenever the way templates are built changes, so old templates are rebuilt.
+pub const TEMPLATE_FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationFormat {
+    /// `V{n}__{name}.sql` (and `U…`), recorded by refinery in `refinery_schema_history`.
+    Refinery,
+    /// `{version}_{description}.sql` / `.up.sql`, recorded by sqlx in `_sqlx_migrations`.
+    Sqlx,
+    /// Any `.sql` in name order, recorded by previewdb in `previewdb_migrations`.
+    Plain,
+}
+
+impl MigrationFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationFormat::Refinery => "refinery",
+            MigrationFormat::Sqlx => "sqlx",
+            MigrationFormat::Plain => "plain",
+        }
+    }
+
+    /// Checks that a file name fits the format, so bad names fail before anything runs.
+    pub fn check_name(self, name: &str) -> Result<(), String> {
+        let stem = name.strip_suffix(".sql").ok_or_else(|| format!("{name:?}: migrations are .sql files"))?;
+        match self {
+            MigrationFormat::Plain => Ok(()),
+            MigrationFormat::Refinery => {
+                let rest = stem.strip_prefix('V').or_else(|| stem.strip_prefix('U'));
+                let ok = rest
+                    .and_then(|r| r.split_once("__"))
+                    .is_some_and(|(v, n)| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && !n.is_empty());
+                ok.then_some(()).ok_or_else(|| format!("{name:?} is not a refinery migration name (V{{n}}__{{name}}.sql)"))
+            }
+            MigrationFormat::Sqlx => {
+                let ok = stem
+                    .split_once('_')
+                    .is_some_and(|(v, d)| v.parse::<i64>().is_ok() && !d.is_empty());
+                ok.then_some(()).ok_or_else(|| format!("{name:?} is not an sqlx migration name ({{version}}_{{name}}.sql)"))
+            }
+        }
+    }
+}
+
+/// One input file, by its name relative to its directory.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub name: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Blueprint {
+    pub name: PgIdent,
+    pub schema: Option<SourceFile>,
+    pub format: MigrationFormat,
+    pub migrations: Vec<SourceFile>,
+    pub seeds: Vec<SourceFile>,
+    pub extensions: Vec<PgIdent>,
+    pub pool_size: u32,
+    /// Digest of every input except the server version (see [`Blueprint::hash_for`]).
+    content_digest: [u8; 32],
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBlueprint {
+    schema: Option<PathBuf>,
+    migrations: Option<PathBuf>,
+    migrations_format: Option<MigrationFormat>,
+    seeds: Option<PathBuf>,
+    #[serde(default)]
+    extensions: Vec<String>,
+    pool_size: Option<u32>,
+    #[serde(rename = "__base_dir")]
+    base_dir: Option<PathBuf>,
+}
+
+impl Blueprint {
+    /// Reads a `[blueprints.NAME]` table and every file it names.
+    pub fn load(name: &str, value: &toml::Value) -> anyhow::Result<Self> {
+        let at = format!("blueprints.{name}");
+        let raw: RawBlueprint = value.clone().try_into().map_err(|e| anyhow!("{at}: {e}"))?;
+        let base = raw.base_dir.clone().unwrap_or_default();
+        let schema = match &raw.schema {
+            Some(p) => Some(read_file(&base.join(p)).with_context(|| format!("{at}.schema"))?),
+            None => None,
+        };
+        let format = raw.migrations_format.unwrap_or(MigrationFormat::Plain);
+        let migrations = match &raw.migrations {
+            Some(dir) => read_dir(&base.join(dir), |n| n.ends_with(".sql") && !n.ends_with(".down.sql"))
+                .with_context(|| format!("{at}.migrations"))?,
+            None => vec![],
+        };
+        for m in &migrations {
+            format.check_name(&m.name).map_err(|e| anyhow!("{at}.migrations: {e}"))?;
+        }
+        let seeds = match &raw.seeds {
+            Some(dir) => read_dir(&base.join(dir), |n| n.ends_with(".sql") || n.ends_with(".csv"))
+                .with_context(|| format!("{at}.seeds"))?,
+            None => vec![],
+        };
+        for s in seeds.iter().filter(|s| s.name.ends_with(".csv")) {
+            seed_table(&s.name).map_err(|e| anyhow!("{at}.seeds: {e}"))?;
+        }
+        let extensions = raw
+            .extensions
+            .iter()
+            .map(|e| PgIdent::parse(e).map_err(|_| anyhow!("{at}.extensions: {e:?} is not an extension name")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut bp = Blueprint {
+            name: PgIdent::parse(name).map_err(|e| anyhow!("{at}: {e}"))?,
+            schema,
+            format,
+            migrations,
+            seeds,
+            extensions,
+            pool_size: raw.pool_size.unwrap_or(2),
+            content_digest: [0; 32],
+        };
+        bp.content_digest = bp.digest();
+        Ok(bp)
+    }
+
+    fn digest(&self) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut field = |tag: &str, bytes: &[u8]| {
+            h.update(tag.as_bytes());
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        };
+        field("format-version", &TEMPLATE_FORMAT_VERSION.to_be_bytes());
+        if let Some(s) = &self.schema {
+            field("schema", s.text.as_bytes());
+        }
+        field("migrations-format", self.format.as_str().as_bytes());
+        for m in &self.migrations {
+            field("migration-name", m.name.as_bytes());
+            field("migration", m.text.as_bytes());
+        }
+        for s in &self.seeds {
+            field("seed-name", s.name.as_bytes());
+            field("seed", s.text.as_bytes());
+        }
+        let mut ext: Vec<&str> = self.extensions.iter().map(PgIdent::as_str).collect();
+        ext.sort();
+        field("extensions", ext.join(",").as_bytes());
+        h.finalize().into()
+    }
+
+    /// The template hash on a server of the given major version: 16 hex characters.
+    pub fn hash_for(&self, server_major: u32) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.content_digest);
+        h.update(server_major.to_be_bytes());
+        hex::encode(&h.finalize()[..8])
+    }
+}
+
+/// The table a CSV seed file loads into: `users.csv`, `01_users.csv` → `"users"`;
+/// `billing.plans.csv` → `"billing"."plans"`. Returns the quoted, qualified name.
+pub fn seed_table(file: &str) -> Result<String, String> {
+    let stem = file.strip_suffix(".csv").unwrap_or(file);
+    let stem = match stem.split_once(['_', '-']) {
+        Some((prefix, rest)) if !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_digit()) => rest,
+        _ => stem,
+    };
+    let parts: Vec<&str> = stem.split('.').collect();
+    if parts.is_empty() || parts.len() > 2 {
+        return Err(format!("{file:?}: a CSV seed is named TABLE.csv or SCHEMA.TABLE.csv"));
+    }
+    parts
+        .iter()
+        .map(|p| {
+            PgIdent::parse(p)
+                .map(|id| id.quoted())
+                .map_err(|_| format!("{file:?}: {p:?} is not a lowercase table name"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|q| q.join("."))
+}
+
+fn read_file(path: &Path) -> anyhow::Result<SourceFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(SourceFile { name, text })
+}
+
+/// The directory's matching files in name order.
+fn read_dir(dir: &Path, keep: impl Fn(&str) -> bool) -> anyhow::Result<Vec<SourceFile>> {
+    let mut files = vec![];
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading directory {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if path.is_file() && keep(&name) {
+            files.push(read_file(&path)?);
+        }
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    if files.is_empty() {
+        bail!("{} holds no matching files", dir.display());
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_tables_from_file_names() {
+        assert_eq!(seed_table("users.csv").unwrap(), "\"users\"");
+        assert_eq!(seed_table("01_users.csv").unwrap(), "\"users\"");
+        assert_eq!(seed_table("02-billing.plans.csv").unwrap(), "\"billing\".\"plans\"");
+        assert!(seed_table("Users.csv").is_err());
+        assert!(seed_table("a.b.c.csv").is_err());
+        assert!(seed_table("x\"y.csv").is_err());
+    }
+
+    #[test]
+    fn migration_names_per_format() {
+        use MigrationFormat::*;
+        assert!(Refinery.check_name("V1__init.sql").is_ok());
+        assert!(Refinery.check_name("U12__x.sql").is_ok());
+        assert!(Refinery.check_name("1_init.sql").is_err());
+        assert!(Sqlx.check_name("20240101120000_init.sql").is_ok());
+        assert!(Sqlx.check_name("20240101120000_init.up.sql").is_ok());
+        assert!(Sqlx.check_name("V1__init.sql").is_err());
+        assert!(Plain.check_name("anything.sql").is_ok());
+        assert!(Plain.check_name("anything.txt").is_err());
+    }
+}

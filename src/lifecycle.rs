@@ -1,0 +1,45 @@
+//! Background work: reconciling what a stopped process left unfinished, warming blueprints'
+//! templates and pools, sweeping expired environments and collecting unused templates.
+
+use crate::environments::Environments;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often expired environments are swept and unfinished work is reconciled.
+const INTERVAL: Duration = Duration::from_secs(30);
+
+pub async fn run(envs: Arc<Environments>) {
+    tokio::spawn(warm_up(envs.clone()));
+    loop {
+        match envs.reconcile().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "reconciled unfinished environments"),
+            Err(e) => tracing::warn!(error = %e, "reconciliation failed"),
+        }
+        match envs.sweep().await {
+            Ok(r) if !r.deleted.is_empty() || !r.failed.is_empty() => {
+                tracing::info!(deleted = r.deleted.len(), failed = r.failed.len(), "swept expired environments")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweep failed"),
+        }
+        tokio::time::sleep(INTERVAL).await;
+        match envs.collect_garbage().await {
+            Ok(d) if !d.is_empty() => tracing::info!(dropped = ?d, "dropped unused templates and pool databases"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+        }
+    }
+}
+
+/// Builds every configured blueprint's template and fills its pool, so the first caller is
+/// served warm.
+async fn warm_up(envs: Arc<Environments>) {
+    let names: Vec<String> = envs.blueprints().map(|b| b.name.to_string()).collect();
+    for name in names {
+        match envs.prepare_blueprint(&name).await {
+            Ok(_) => tracing::info!(blueprint = %name, "blueprint prepared"),
+            Err(e) => tracing::warn!(blueprint = %name, error = %e, "blueprint could not be prepared"),
+        }
+    }
+}

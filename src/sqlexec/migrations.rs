@@ -1,0 +1,219 @@
+//! Migration formats, each recorded exactly as its own tool records it, so that the
+//! application's tool later sees them as applied and runs only new ones: refinery (through the
+//! refinery crate), sqlx (through sqlx's run-time `Migrator`) and plain files (previewdb's own
+//! `previewdb_migrations` table).
+
+use super::{Item, Mode, Policy, Script, ScriptError};
+use crate::blueprint::{MigrationFormat, SourceFile};
+use tokio_postgres::config::Host;
+
+/// Where migrations run: a database reached with `config`, acting as `role` (set at connection
+/// start, so every object they create belongs to that role).
+#[derive(Clone)]
+pub struct Session {
+    pub config: tokio_postgres::Config,
+    pub role: String,
+}
+
+impl Session {
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut cfg = self.config.clone();
+        cfg.options(format!("-c role={}", self.role));
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// A one-connection pool: `&PgPool` is what sqlx's migrator accepts without tripping the
+    /// compiler's higher-ranked `Send` inference, which `&mut PgConnection` does.
+    async fn connect_sqlx(&self) -> Result<sqlx::PgPool, sqlx::Error> {
+        let c = &self.config;
+        let mut opts = sqlx::postgres::PgConnectOptions::new()
+            .username(c.get_user().unwrap_or("postgres"))
+            .database(c.get_dbname().unwrap_or("postgres"))
+            .options([("role", self.role.as_str())]);
+        if let Some(port) = c.get_ports().first() {
+            opts = opts.port(*port);
+        }
+        match c.get_hosts().first() {
+            Some(Host::Unix(path)) => opts = opts.socket(path),
+            Some(Host::Tcp(host)) => opts = opts.host(host),
+            None => {}
+        }
+        if let Some(pw) = c.get_password() {
+            opts = opts.password(&String::from_utf8_lossy(pw));
+        }
+        sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_with(opts).await
+    }
+}
+
+/// Applies the not-yet-applied files of `files` (all of a blueprint's migrations followed by
+/// any new ones) in `format`; earlier ones must match what was recorded. Returns how many ran.
+pub async fn apply(format: MigrationFormat, session: &Session, files: &[SourceFile]) -> Result<usize, ScriptError> {
+    for f in files {
+        format.check_name(&f.name).map_err(|m| ScriptError::local(&f.name, 0, "", m))?;
+    }
+    match format {
+        MigrationFormat::Refinery => apply_refinery(session, files).await,
+        MigrationFormat::Sqlx => apply_sqlx(session, files).await,
+        MigrationFormat::Plain => apply_plain(session, files).await,
+    }
+}
+
+async fn apply_refinery(session: &Session, files: &[SourceFile]) -> Result<usize, ScriptError> {
+    let migrations = files
+        .iter()
+        .map(|f| {
+            refinery::Migration::unapplied(f.name.trim_end_matches(".sql"), &f.text)
+                .map_err(|e| ScriptError::local(&f.name, 0, "", e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut client = session.connect().await.map_err(|e| ScriptError::local("(connection)", 0, "", e.to_string()))?;
+    let runner = refinery::Runner::new(&migrations).set_abort_missing(false).set_abort_divergent(true);
+    match runner.run_async(&mut client).await {
+        Ok(report) => Ok(report.applied_migrations().len()),
+        Err(e) => {
+            let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<tokio_postgres::Error>());
+            // refinery runs only unapplied migrations, in order; the failing one is the first of
+            // those it did not report as applied.
+            let failing = failing_file(&mut client, files).await;
+            Err(match (source, failing) {
+                (Some(err), Some(f)) => ScriptError::server(&f.name, 1, &f.text, err),
+                (_, f) => ScriptError::local(f.map_or("(migrations)", |f| f.name.as_str()), 0, "", e.to_string()),
+            })
+        }
+    }
+}
+
+/// The first file refinery has not recorded.
+async fn failing_file<'a>(client: &mut tokio_postgres::Client, files: &'a [SourceFile]) -> Option<&'a SourceFile> {
+    let rows = client.query("SELECT name FROM refinery_schema_history", &[]).await.ok()?;
+    let recorded: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    files.iter().find(|f| {
+        let stem = f.name.trim_end_matches(".sql");
+        let name = stem.split_once("__").map_or(stem, |(_, n)| n);
+        !recorded.iter().any(|r| r == name)
+    })
+}
+
+async fn apply_sqlx(session: &Session, files: &[SourceFile]) -> Result<usize, ScriptError> {
+    // sqlx's run-time Migrator reads a directory: hand it exactly these files.
+    let dir = tempfile::tempdir().map_err(|e| ScriptError::local("(migrations)", 0, "", e.to_string()))?;
+    for f in files {
+        std::fs::write(dir.path().join(&f.name), &f.text).map_err(|e| ScriptError::local(&f.name, 0, "", e.to_string()))?;
+    }
+    let mut migrator = sqlx::migrate::Migrator::new(dir.path())
+        .await
+        .map_err(|e| ScriptError::local("(migrations)", 0, "", e.to_string()))?;
+    migrator.set_ignore_missing(true);
+    let pool = session.connect_sqlx().await.map_err(|e| ScriptError::local("(connection)", 0, "", e.to_string()))?;
+    let before = sqlx_applied(&pool).await;
+    let outcome = migrator.run(&pool).await;
+    let after = sqlx_applied(&pool).await;
+    pool.close().await;
+    match outcome {
+        Ok(()) => Ok(after.saturating_sub(before)),
+        Err(sqlx::migrate::MigrateError::ExecuteMigration(err, version)) => {
+            let file = files.iter().find(|f| f.name.split_once('_').is_some_and(|(v, _)| v.parse() == Ok(version)));
+            let name = file.map_or_else(|| version.to_string(), |f| f.name.clone());
+            match (err.as_database_error().and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()), file) {
+                (Some(db), Some(f)) => {
+                    let pos = match db.position() {
+                        Some(sqlx::postgres::PgErrorPosition::Original(p)) => Some(p),
+                        _ => None,
+                    };
+                    Err(from_server(f, db.code(), db.message(), db.detail(), db.hint(), pos))
+                }
+                _ => Err(ScriptError::local(&name, 0, "", err.to_string())),
+            }
+        }
+        Err(e) => Err(ScriptError::local("(migrations)", 0, "", e.to_string())),
+    }
+}
+
+async fn sqlx_applied(pool: &sqlx::PgPool) -> usize {
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .map_or(0, |n| n as usize)
+}
+
+const PLAIN_HISTORY: &str = "CREATE TABLE IF NOT EXISTS previewdb_migrations (\
+    name text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())";
+
+async fn apply_plain(session: &Session, files: &[SourceFile]) -> Result<usize, ScriptError> {
+    let client = session.connect().await.map_err(|e| ScriptError::local("(connection)", 0, "", e.to_string()))?;
+    client
+        .batch_execute(PLAIN_HISTORY)
+        .await
+        .map_err(|e| ScriptError::local("previewdb_migrations", 0, "", e.to_string()))?;
+    let rows = client
+        .query("SELECT name, checksum FROM previewdb_migrations", &[])
+        .await
+        .map_err(|e| ScriptError::local("previewdb_migrations", 0, "", e.to_string()))?;
+    let recorded: std::collections::HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut ran = 0;
+    for f in files {
+        let checksum = checksum(&f.text);
+        match recorded.get(&f.name) {
+            Some(c) if *c == checksum => continue,
+            Some(_) => {
+                return Err(ScriptError::local(&f.name, 0, "", "was applied before with different contents".into()));
+            }
+            None => {}
+        }
+        // Each file runs on a connection of its own: scripts may change session settings.
+        let client = session.connect().await.map_err(|e| ScriptError::local(&f.name, 0, "", e.to_string()))?;
+        let mut script = Script::parse(&f.name, &f.text)?;
+        let line = script.items.last().map_or(1, super::item_line);
+        // Recorded in the same transaction as the migration itself.
+        script.items.push(Item::Statement {
+            sql: format!(
+                "INSERT INTO previewdb_migrations (name, checksum) VALUES ({}, {})",
+                postgres_protocol::escape::escape_literal(&f.name),
+                postgres_protocol::escape::escape_literal(&checksum)
+            ),
+            line,
+        });
+        super::run(&client, &script, Mode::Transaction, &Policy::default()).await?;
+        ran += 1;
+    }
+    Ok(ran)
+}
+
+fn checksum(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// A server error inside a whole file that its tool ran: the position (1-based, in
+/// characters) gives the line.
+fn from_server(
+    f: &SourceFile,
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+    hint: Option<&str>,
+    position: Option<usize>,
+) -> ScriptError {
+    let (line, excerpt) = match position {
+        Some(p) => {
+            let before: String = f.text.chars().take(p.saturating_sub(1)).collect();
+            let line = before.matches('\n').count() + 1;
+            (line, f.text.lines().nth(line - 1).unwrap_or("").trim().to_owned())
+        }
+        None => (0, String::new()),
+    };
+    ScriptError {
+        file: f.name.clone(),
+        line,
+        statement: excerpt,
+        sqlstate: Some(code.to_owned()),
+        message: message.to_owned(),
+        detail: detail.map(str::to_owned),
+        hint: hint.map(str::to_owned),
+        context: None,
+    }
+}
