@@ -58,6 +58,9 @@ max_environments = 200
         port = postgres.port(),
     );
     let mut config = Config::parse(&text, Path::new("."))?;
+    if let Some(examples) = example_blueprints() {
+        config.merge_file(&examples)?;
+    }
     if let Some(extra) = &opts.config {
         config.merge_file(extra)?;
     }
@@ -65,6 +68,15 @@ max_environments = 200
         config.listen = listen.parse().with_context(|| format!("--listen {listen:?}"))?;
     }
     Ok(DevSetup { postgres, config, token })
+}
+
+/// The example blueprints shipped in `seeds/`: next to the working directory, else in the
+/// source tree previewdb was built from.
+fn example_blueprints() -> Option<PathBuf> {
+    [PathBuf::from("seeds"), Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds")]
+        .into_iter()
+        .map(|d| d.join("previewdb.dev.toml"))
+        .find(|p| p.is_file())
 }
 
 pub async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::Result<()> {

@@ -52,6 +52,9 @@ impl Session {
 /// Applies the not-yet-applied files of `files` (all of a blueprint's migrations followed by
 /// any new ones) in `format`; earlier ones must match what was recorded. Returns how many ran.
 pub async fn apply(format: MigrationFormat, session: &Session, files: &[SourceFile]) -> Result<usize, ScriptError> {
+    if files.is_empty() {
+        return Ok(0);
+    }
     for f in files {
         format.check_name(&f.name).map_err(|m| ScriptError::local(&f.name, 0, "", m))?;
     }
@@ -80,7 +83,10 @@ async fn apply_refinery(session: &Session, files: &[SourceFile]) -> Result<usize
             // those it did not report as applied.
             let failing = failing_file(&mut client, files).await;
             Err(match (source, failing) {
-                (Some(err), Some(f)) => ScriptError::server(&f.name, 1, &f.text, err),
+                (Some(err), Some(f)) => match locate(session, f).await {
+                    Some(precise) => precise,
+                    None => ScriptError::server(&f.name, 1, &f.text, err),
+                },
                 (_, f) => ScriptError::local(f.map_or("(migrations)", |f| f.name.as_str()), 0, "", e.to_string()),
             })
         }
@@ -119,6 +125,7 @@ async fn apply_sqlx(session: &Session, files: &[SourceFile]) -> Result<usize, Sc
             let file = files.iter().find(|f| f.name.split_once('_').is_some_and(|(v, _)| v.parse() == Ok(version)));
             let name = file.map_or_else(|| version.to_string(), |f| f.name.clone());
             match (err.as_database_error().and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()), file) {
+                (Some(_), Some(f)) if locate(session, f).await.is_some() => Err(locate(session, f).await.expect("just located")),
                 (Some(db), Some(f)) => {
                     let pos = match db.position() {
                         Some(sqlx::postgres::PgErrorPosition::Original(p)) => Some(p),
@@ -131,6 +138,29 @@ async fn apply_sqlx(session: &Session, files: &[SourceFile]) -> Result<usize, Sc
         }
         Err(e) => Err(ScriptError::local("(migrations)", 0, "", e.to_string())),
     }
+}
+
+/// A tool that runs a whole file at once reports no line unless the server gives a position.
+/// Replaying the file statement by statement in a transaction that is always rolled back finds
+/// the failing statement and its line. Files that cannot run in a transaction are not replayed.
+async fn locate(session: &Session, file: &SourceFile) -> Option<ScriptError> {
+    let script = Script::parse(&file.name, &file.text).ok()?;
+    if script.has_non_transactional() {
+        return None;
+    }
+    let client = session.connect().await.ok()?;
+    client.batch_execute("BEGIN").await.ok()?;
+    let mut found = None;
+    for item in &script.items {
+        if let Item::Statement { sql, line } = item {
+            if let Err(e) = client.batch_execute(sql).await {
+                found = Some(ScriptError::server(&file.name, *line, sql, &e));
+                break;
+            }
+        }
+    }
+    let _ = client.batch_execute("ROLLBACK").await;
+    found
 }
 
 async fn sqlx_applied(pool: &sqlx::PgPool) -> usize {

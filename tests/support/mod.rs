@@ -51,6 +51,9 @@ pub async fn cluster() -> Arc<Cluster> {
             ] {
                 config.tokens.push(ApiToken { name: name.into(), sha256: token_digest(token), scopes });
             }
+            // Tests that want blueprints configure their own.
+            config.blueprints.clear();
+            config.default_blueprint = None;
             // A second name for the same cluster, to ask for "other settings".
             let local = config.targets["local"].clone();
             config.targets.insert("other".into(), local);

@@ -394,7 +394,7 @@ impl Backend for PostgresBackend {
     async fn prepare(&self, blueprint: &Arc<Blueprint>) -> Result<BlueprintStatus, BackendError> {
         let inner = &self.inner;
         let tpl = inner.templates.ensure(inner, blueprint).await?;
-        pool::fill(inner, blueprint, &tpl).await?;
+        pool::fill(inner, blueprint, &tpl, true).await?;
         Ok(self.blueprint_status(blueprint).await)
     }
 

@@ -10,16 +10,16 @@ use crate::blueprint::Blueprint;
 use crate::domain::PgIdent;
 use postgres_protocol::escape::escape_literal;
 use rand::distributions::{Alphanumeric, DistString};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 const POOL_MARK: &str = "previewdb:pool=";
 const FILLING_MARK: &str = "previewdb:pool-filling=";
 
-/// Which pools this process is filling right now.
+/// One filler per pool in this process.
 #[derive(Default)]
 pub struct WarmPool {
-    filling: Mutex<HashSet<String>>,
+    fillers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn mark(prefix: &str, bp: &Blueprint, hash: &str) -> String {
@@ -101,29 +101,31 @@ pub fn refill_in_background(inner: Arc<Inner>, bp: Arc<Blueprint>, tpl: Template
         return;
     }
     tokio::spawn(async move {
-        if let Err(e) = fill(&inner, &bp, &tpl).await {
+        if let Err(e) = fill(&inner, &bp, &tpl, false).await {
             tracing::warn!(blueprint = %bp.name, error = %e, "pool refill failed");
         }
     });
 }
 
 /// Tops the pool of `bp` up to its size, retiring entries of older hashes. One filler per
-/// pool across replicas (an advisory lock); a filler already at work is left to it.
-pub async fn fill(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(), BackendError> {
-    if !inner.pool.filling.lock().unwrap().insert(tpl.hash.clone()) {
-        return Ok(());
-    }
-    let outcome = fill_locked(inner, bp, tpl).await;
-    inner.pool.filling.lock().unwrap().remove(&tpl.hash);
-    outcome
-}
-
-async fn fill_locked(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(), BackendError> {
+/// pool across replicas (an advisory lock): with `wait`, for the one at work to finish and
+/// then top up; without, leave the work to it.
+pub async fn fill(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo, wait: bool) -> Result<(), BackendError> {
+    let filler = inner.pool.fillers.lock().unwrap().entry(tpl.hash.clone()).or_default().clone();
+    let _local = match filler.try_lock() {
+        Ok(guard) => guard,
+        Err(_) if wait => filler.lock().await,
+        Err(_) => return Ok(()),
+    };
     let lock = inner.admin().await?;
     let key = lock_key(&tpl.hash);
-    let got: bool = lock.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await.map_err(db_err)?.get(0);
-    if !got {
-        return Ok(());
+    if wait {
+        lock.execute("SELECT pg_advisory_lock($1)", &[&key]).await.map_err(db_err)?;
+    } else {
+        let got: bool = lock.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await.map_err(db_err)?.get(0);
+        if !got {
+            return Ok(());
+        }
     }
     let outcome = top_up(inner, bp, tpl).await;
     let _ = lock.execute("SELECT pg_advisory_unlock($1)", &[&key]).await;

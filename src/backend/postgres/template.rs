@@ -3,7 +3,7 @@
 //!
 //! Builds run as a dedicated non-superuser role, so that a dump's `OWNER TO` lines for roles
 //! this cluster lacks are skipped with a warning, and every clone can hand all objects to its
-//! environment's role with `REASSIGN OWNED`. Concurrent requests for one hash build it once: an
+//! environment's role with `REASSIGN OWNED`. The template database itself is the admin's. Concurrent requests for one hash build it once: an
 //! in-process mutex per hash, and an advisory lock on the target across replicas.
 
 use super::{db_err, quote, Inner};
@@ -193,16 +193,23 @@ async fn build(inner: &Inner, bp: &Blueprint, hash: &str, name: &str) -> Result<
     }
     // Leftovers of a build interrupted by a crash (we hold the build lock, so nobody is on it).
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote(name))).await.map_err(db_err)?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {} OWNER {builder} TEMPLATE template0", quote(name)))
-        .await
-        .map_err(db_err)?;
+    // The template database itself belongs to the admin, not the builder: `REASSIGN OWNED BY`
+    // in a clone also moves the builder's shared objects (databases), which would hand every
+    // template to that clone's role.
+    admin.batch_execute(&format!("CREATE DATABASE {} TEMPLATE template0", quote(name))).await.map_err(db_err)?;
     admin
         .batch_execute(&format!(
-            "REVOKE ALL ON DATABASE {n} FROM PUBLIC; COMMENT ON DATABASE {n} IS {m};",
+            "REVOKE ALL ON DATABASE {n} FROM PUBLIC; GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {n} TO {builder}; \
+             COMMENT ON DATABASE {n} IS {m};",
             n = quote(name),
             m = escape_literal(&format!("{BUILDING_MARK}{}:{hash}", bp.name))
         ))
+        .await
+        .map_err(db_err)?;
+    inner
+        .connect_db(name)
+        .await?
+        .batch_execute(&format!("GRANT CREATE, USAGE ON SCHEMA public TO {builder}"))
         .await
         .map_err(db_err)?;
 
