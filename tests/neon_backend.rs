@@ -47,6 +47,8 @@ fn request(key: &str, ttl: Days) -> ProvisionRequest {
         key: EnvKey::parse(key).unwrap(),
         isolation: Isolation::Branch,
         expires_at: Utc::now() + ttl,
+        blueprint: None,
+        migrations: vec![],
     }
 }
 
@@ -405,7 +407,7 @@ async fn rotate_reset_and_extend_speak_neon() {
         .roles(&branch)
         .contains(&(conn.user.clone(), rotated.password.expose().to_string())));
 
-    b.reset(&res).await.expect("reset");
+    b.reset(&res, None).await.expect("reset");
     assert_eq!(fake.preview_branches()[0].restores, 1);
 
     let later = Utc::now() + Days::days(5);
