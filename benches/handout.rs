@@ -13,17 +13,31 @@ const TOKEN: &str = "bench-token";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(20);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20);
     std::env::set_var(dev::DEV_TOKEN_ENV, TOKEN);
     let dir = tempfile::tempdir()?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    let setup = dev::setup(&DevOptions { listen: Some("127.0.0.1:0".into()), data_dir: dir.path().join("data"), config: None }).await?;
+    let setup = dev::setup(&DevOptions {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: dir.path().join("data"),
+        config: None,
+    })
+    .await?;
     let mut config = setup.config.clone();
     // The same files under two names: a pool big enough for every warm round, and no pool.
-    let app_table = config.blueprints.get("app").expect("example blueprint").clone();
+    let app_table = config
+        .blueprints
+        .get("app")
+        .expect("example blueprint")
+        .clone();
     for (name, pool) in [("warm", rounds as i64 + 1), ("cold", 0)] {
         let mut t = app_table.clone();
-        t.as_table_mut().unwrap().insert("pool_size".into(), toml::Value::Integer(pool));
+        t.as_table_mut()
+            .unwrap()
+            .insert("pool_size".into(), toml::Value::Integer(pool));
         config.blueprints.insert(name.into(), t);
     }
     config.blueprints.remove("app");
@@ -50,7 +64,12 @@ async fn main() -> anyhow::Result<()> {
                 .send()
                 .await
                 .expect("request");
-            assert_eq!(res.status(), 201, "{}", res.text().await.unwrap_or_default());
+            assert_eq!(
+                res.status(),
+                201,
+                "{}",
+                res.text().await.unwrap_or_default()
+            );
             t.elapsed()
         }
     };
@@ -74,26 +93,51 @@ async fn main() -> anyhow::Result<()> {
     report("cold hand-out (clone)", &mut cold);
     report("baseline: build from files", &mut scratch);
     let (w, c, s) = (median(&warm), median(&cold), median(&scratch));
-    println!("first prepare (template + pool of {}): {:.0} ms", rounds + 1, ms(first_prepare));
-    println!("ratio cold/warm: {:.1}x   baseline/warm: {:.0}x   baseline/cold: {:.1}x", ratio(c, w), ratio(s, w), ratio(s, c));
+    println!(
+        "first prepare (template + pool of {}): {:.0} ms",
+        rounds + 1,
+        ms(first_prepare)
+    );
+    println!(
+        "ratio cold/warm: {:.1}x   baseline/warm: {:.0}x   baseline/cold: {:.1}x",
+        ratio(c, w),
+        ratio(s, w),
+        ratio(s, c)
+    );
     setup.postgres.stop();
     Ok(())
 }
 
 /// Loads the blueprint's files into a fresh database, as a caller without templates would.
-async fn build_from_scratch(pg: &previewdb::embedded::EmbeddedPostgres, bp: &previewdb::blueprint::Blueprint, i: usize) -> anyhow::Result<()> {
+async fn build_from_scratch(
+    pg: &previewdb::embedded::EmbeddedPostgres,
+    bp: &previewdb::blueprint::Blueprint,
+    i: usize,
+) -> anyhow::Result<()> {
     use previewdb::sqlexec::{self, migrations, Mode, Policy, Script};
     let name = format!("bench_scratch_{i}");
     previewdb::dev::create_database_if_missing(&pg.admin_url("postgres"), &name).await?;
     let config: tokio_postgres::Config = pg.admin_url(&name).parse()?;
-    let session = migrations::Session { config, role: previewdb::embedded::ADMIN_USER.into() };
+    let session = migrations::Session {
+        config,
+        role: previewdb::embedded::ADMIN_USER.into(),
+    };
     let c = session.connect().await?;
     for ext in &bp.extensions {
-        c.batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS {}", ext.quoted())).await?;
+        c.batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS {}", ext.quoted()))
+            .await?;
     }
-    let policy = Policy { tolerate_missing_roles: true };
+    let policy = Policy {
+        tolerate_missing_roles: true,
+    };
     if let Some(schema) = &bp.schema {
-        sqlexec::run(&session.connect().await?, &Script::parse(&schema.name, &schema.text)?, Mode::Autocommit, &policy).await?;
+        sqlexec::run(
+            &session.connect().await?,
+            &Script::parse(&schema.name, &schema.text)?,
+            Mode::Autocommit,
+            &policy,
+        )
+        .await?;
     }
     migrations::apply(bp.format, &session, &bp.migrations).await?;
     for seed in &bp.seeds {
@@ -102,7 +146,13 @@ async fn build_from_scratch(pg: &previewdb::embedded::EmbeddedPostgres, bp: &pre
             let table = previewdb::blueprint::seed_table(&seed.name).map_err(anyhow::Error::msg)?;
             sqlexec::copy_csv(&c, &seed.name, &table, seed.text.as_bytes()).await?;
         } else {
-            sqlexec::run(&c, &Script::parse(&seed.name, &seed.text)?, Mode::Transaction, &policy).await?;
+            sqlexec::run(
+                &c,
+                &Script::parse(&seed.name, &seed.text)?,
+                Mode::Transaction,
+                &policy,
+            )
+            .await?;
         }
     }
     Ok(())
@@ -125,5 +175,12 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 fn report(what: &str, v: &mut [Duration]) {
     v.sort();
     let p = |q: f64| ms(v[((v.len() as f64 - 1.0) * q).round() as usize]);
-    println!("{what:<28} n={:<3} min {:>7.1} ms  median {:>7.1} ms  p90 {:>7.1} ms  max {:>7.1} ms", v.len(), p(0.0), p(0.5), p(0.9), p(1.0));
+    println!(
+        "{what:<28} n={:<3} min {:>7.1} ms  median {:>7.1} ms  p90 {:>7.1} ms  max {:>7.1} ms",
+        v.len(),
+        p(0.0),
+        p(0.5),
+        p(0.9),
+        p(1.0)
+    );
 }

@@ -31,21 +31,27 @@ impl MigrationFormat {
 
     /// Checks that a file name fits the format, so bad names fail before anything runs.
     pub fn check_name(self, name: &str) -> Result<(), String> {
-        let stem = name.strip_suffix(".sql").ok_or_else(|| format!("{name:?}: migrations are .sql files"))?;
+        let stem = name
+            .strip_suffix(".sql")
+            .ok_or_else(|| format!("{name:?}: migrations are .sql files"))?;
         match self {
             MigrationFormat::Plain => Ok(()),
             MigrationFormat::Refinery => {
                 let rest = stem.strip_prefix('V').or_else(|| stem.strip_prefix('U'));
-                let ok = rest
-                    .and_then(|r| r.split_once("__"))
-                    .is_some_and(|(v, n)| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && !n.is_empty());
-                ok.then_some(()).ok_or_else(|| format!("{name:?} is not a refinery migration name (V{{n}}__{{name}}.sql)"))
+                let ok = rest.and_then(|r| r.split_once("__")).is_some_and(|(v, n)| {
+                    !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && !n.is_empty()
+                });
+                ok.then_some(()).ok_or_else(|| {
+                    format!("{name:?} is not a refinery migration name (V{{n}}__{{name}}.sql)")
+                })
             }
             MigrationFormat::Sqlx => {
                 let ok = stem
                     .split_once('_')
                     .is_some_and(|(v, d)| v.parse::<i64>().is_ok() && !d.is_empty());
-                ok.then_some(()).ok_or_else(|| format!("{name:?} is not an sqlx migration name ({{version}}_{{name}}.sql)"))
+                ok.then_some(()).ok_or_else(|| {
+                    format!("{name:?} is not an sqlx migration name ({{version}}_{{name}}.sql)")
+                })
             }
         }
     }
@@ -97,16 +103,22 @@ impl Blueprint {
         };
         let format = raw.migrations_format.unwrap_or(MigrationFormat::Plain);
         let migrations = match &raw.migrations {
-            Some(dir) => read_dir(&base.join(dir), |n| n.ends_with(".sql") && !n.ends_with(".down.sql"))
-                .with_context(|| format!("{at}.migrations"))?,
+            Some(dir) => read_dir(&base.join(dir), |n| {
+                n.ends_with(".sql") && !n.ends_with(".down.sql")
+            })
+            .with_context(|| format!("{at}.migrations"))?,
             None => vec![],
         };
         for m in &migrations {
-            format.check_name(&m.name).map_err(|e| anyhow!("{at}.migrations: {e}"))?;
+            format
+                .check_name(&m.name)
+                .map_err(|e| anyhow!("{at}.migrations: {e}"))?;
         }
         let seeds = match &raw.seeds {
-            Some(dir) => read_dir(&base.join(dir), |n| n.ends_with(".sql") || n.ends_with(".csv"))
-                .with_context(|| format!("{at}.seeds"))?,
+            Some(dir) => read_dir(&base.join(dir), |n| {
+                n.ends_with(".sql") || n.ends_with(".csv")
+            })
+            .with_context(|| format!("{at}.seeds"))?,
             None => vec![],
         };
         for s in seeds.iter().filter(|s| s.name.ends_with(".csv")) {
@@ -115,7 +127,10 @@ impl Blueprint {
         let extensions = raw
             .extensions
             .iter()
-            .map(|e| PgIdent::parse(e).map_err(|_| anyhow!("{at}.extensions: {e:?} is not an extension name")))
+            .map(|e| {
+                PgIdent::parse(e)
+                    .map_err(|_| anyhow!("{at}.extensions: {e:?} is not an extension name"))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut bp = Blueprint {
             name: PgIdent::parse(name).map_err(|e| anyhow!("{at}: {e}"))?,
@@ -173,12 +188,18 @@ impl Blueprint {
 pub fn seed_table(file: &str) -> Result<String, String> {
     let stem = file.strip_suffix(".csv").unwrap_or(file);
     let stem = match stem.split_once(['_', '-']) {
-        Some((prefix, rest)) if !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_digit()) => rest,
+        Some((prefix, rest))
+            if !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            rest
+        }
         _ => stem,
     };
     let parts: Vec<&str> = stem.split('.').collect();
     if parts.is_empty() || parts.len() > 2 {
-        return Err(format!("{file:?}: a CSV seed is named TABLE.csv or SCHEMA.TABLE.csv"));
+        return Err(format!(
+            "{file:?}: a CSV seed is named TABLE.csv or SCHEMA.TABLE.csv"
+        ));
     }
     parts
         .iter()
@@ -192,17 +213,26 @@ pub fn seed_table(file: &str) -> Result<String, String> {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<SourceFile> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     Ok(SourceFile { name, text })
 }
 
 /// The directory's matching files in name order.
 fn read_dir(dir: &Path, keep: impl Fn(&str) -> bool) -> anyhow::Result<Vec<SourceFile>> {
     let mut files = vec![];
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading directory {}", dir.display()))? {
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("reading directory {}", dir.display()))?
+    {
         let path = entry?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if path.is_file() && keep(&name) {
             files.push(read_file(&path)?);
         }
@@ -222,7 +252,10 @@ mod tests {
     fn seed_tables_from_file_names() {
         assert_eq!(seed_table("users.csv").unwrap(), "\"users\"");
         assert_eq!(seed_table("01_users.csv").unwrap(), "\"users\"");
-        assert_eq!(seed_table("02-billing.plans.csv").unwrap(), "\"billing\".\"plans\"");
+        assert_eq!(
+            seed_table("02-billing.plans.csv").unwrap(),
+            "\"billing\".\"plans\""
+        );
         assert!(seed_table("Users.csv").is_err());
         assert!(seed_table("a.b.c.csv").is_err());
         assert!(seed_table("x\"y.csv").is_err());

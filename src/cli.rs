@@ -8,7 +8,12 @@ use serde_json::{json, Value};
 #[derive(Args)]
 pub struct EnvArgs {
     /// previewdb's base URL.
-    #[arg(long, env = "PREVIEWDB_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "PREVIEWDB_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     url: String,
     /// API token.
     #[arg(long, env = "PREVIEWDB_TOKEN", hide_env_values = true, global = true)]
@@ -73,12 +78,27 @@ enum EnvCommand {
 }
 
 pub async fn run(args: EnvArgs) -> anyhow::Result<()> {
-    let token = args.token.clone().context("no token: pass --token or set PREVIEWDB_TOKEN")?;
+    let token = args
+        .token
+        .clone()
+        .context("no token: pass --token or set PREVIEWDB_TOKEN")?;
     let http = reqwest::Client::new();
     let base = args.url.trim_end_matches('/');
-    let env_url = |r: &str| format!("{base}/v1/environments/{}", percent_encoding::utf8_percent_encode(r, percent_encoding::NON_ALPHANUMERIC));
+    let env_url = |r: &str| {
+        format!(
+            "{base}/v1/environments/{}",
+            percent_encoding::utf8_percent_encode(r, percent_encoding::NON_ALPHANUMERIC)
+        )
+    };
     let req = match &args.command {
-        EnvCommand::Create { key, blueprint, target, isolation, ttl, labels } => {
+        EnvCommand::Create {
+            key,
+            blueprint,
+            target,
+            isolation,
+            ttl,
+            labels,
+        } => {
             let mut label_map = serde_json::Map::new();
             for l in labels {
                 let (k, v) = l.split_once('=').context("--label wants name=value")?;
@@ -86,21 +106,39 @@ pub async fn run(args: EnvArgs) -> anyhow::Result<()> {
             }
             let body = json!({ "key": key, "blueprint": blueprint, "target": target, "isolation": isolation,
                                "ttl": ttl, "labels": label_map });
-            let body: serde_json::Map<_, _> = body.as_object().into_iter().flatten().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let body: serde_json::Map<_, _> = body
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             http.post(format!("{base}/v1/environments")).json(&body)
         }
-        EnvCommand::Get { reference, reveal } => http.get(env_url(reference)).query(&[("reveal", reveal)]),
+        EnvCommand::Get { reference, reveal } => {
+            http.get(env_url(reference)).query(&[("reveal", reveal)])
+        }
         EnvCommand::List { label, state } => {
             let mut q = vec![];
-            if let Some(l) = label { q.push(("label", l.clone())) }
-            if let Some(s) = state { q.push(("state", s.clone())) }
+            if let Some(l) = label {
+                q.push(("label", l.clone()))
+            }
+            if let Some(s) = state {
+                q.push(("state", s.clone()))
+            }
             http.get(format!("{base}/v1/environments")).query(&q)
         }
         EnvCommand::Delete { reference } => http.delete(env_url(reference)),
-        EnvCommand::Extend { reference, ttl } => http.post(format!("{}/extend", env_url(reference))).json(&json!({ "ttl": ttl })),
+        EnvCommand::Extend { reference, ttl } => http
+            .post(format!("{}/extend", env_url(reference)))
+            .json(&json!({ "ttl": ttl })),
         EnvCommand::Reset { reference } => http.post(format!("{}/reset", env_url(reference))),
     };
-    let res = req.bearer_auth(&token).send().await.with_context(|| format!("calling {base}"))?;
+    let res = req
+        .bearer_auth(&token)
+        .send()
+        .await
+        .with_context(|| format!("calling {base}"))?;
     let status = res.status();
     let body: Value = res.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
@@ -113,14 +151,35 @@ pub async fn run(args: EnvArgs) -> anyhow::Result<()> {
 }
 
 fn print(command: &EnvCommand, output: Output, body: &Value) {
-    let str_of = |v: &Value, k: &str| v.get(k).map(|x| x.as_str().map(str::to_owned).unwrap_or_else(|| x.to_string())).unwrap_or_default();
+    let str_of = |v: &Value, k: &str| {
+        v.get(k)
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| x.to_string())
+            })
+            .unwrap_or_default()
+    };
     match (output, command) {
-        (Output::Json, _) | (_, EnvCommand::List { .. }) => println!("{}", serde_json::to_string_pretty(body).unwrap_or_default()),
-        (Output::Uri, _) => println!("{}", body.pointer("/connection/uri").and_then(Value::as_str).unwrap_or("")),
+        (Output::Json, _) | (_, EnvCommand::List { .. }) => {
+            println!("{}", serde_json::to_string_pretty(body).unwrap_or_default())
+        }
+        (Output::Uri, _) => println!(
+            "{}",
+            body.pointer("/connection/uri")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        ),
         (Output::Env, _) => {
             let c = body.get("connection").cloned().unwrap_or(Value::Null);
             println!("DATABASE_URL={}", str_of(&c, "uri"));
-            for (name, field) in [("PGHOST", "host"), ("PGPORT", "port"), ("PGDATABASE", "database"), ("PGUSER", "user"), ("PGPASSWORD", "password")] {
+            for (name, field) in [
+                ("PGHOST", "host"),
+                ("PGPORT", "port"),
+                ("PGDATABASE", "database"),
+                ("PGUSER", "user"),
+                ("PGPASSWORD", "password"),
+            ] {
                 if c.get(field).is_some() {
                     println!("{name}={}", str_of(&c, field));
                 }

@@ -202,36 +202,58 @@ impl Config {
         Self::from_raw_partial(raw, base_dir, None)
     }
 
-    fn from_raw_partial(raw: RawConfig, base_dir: &Path, base: Option<&Config>) -> anyhow::Result<Self> {
+    fn from_raw_partial(
+        raw: RawConfig,
+        base_dir: &Path,
+        base: Option<&Config>,
+    ) -> anyhow::Result<Self> {
         let listen = match std::env::var(ENV_LISTEN).ok().or(raw.listen) {
-            Some(s) => s.parse().map_err(|e| anyhow!("listen: {s:?} is not an address: {e}"))?,
-            None => base.map(|b| b.listen).unwrap_or(([0, 0, 0, 0], 8080).into()),
+            Some(s) => s
+                .parse()
+                .map_err(|e| anyhow!("listen: {s:?} is not an address: {e}"))?,
+            None => base
+                .map(|b| b.listen)
+                .unwrap_or(([0, 0, 0, 0], 8080).into()),
         };
         let control_url = std::env::var(ENV_CONTROL_URL)
             .ok()
             .or(raw.control_url)
             .or_else(|| base.map(|b| b.control_url.clone()))
             .ok_or_else(|| anyhow!("control_url: missing (or set {ENV_CONTROL_URL})"))?;
-        control_url.parse::<tokio_postgres::Config>()
+        control_url
+            .parse::<tokio_postgres::Config>()
             .map_err(|e| anyhow!("control_url: not a PostgreSQL connection string: {e}"))?;
-        let ttl = |key: &str, v: Option<String>, fallback: Option<Ttl>, dflt: &str| -> anyhow::Result<Ttl> {
+        let ttl = |key: &str,
+                   v: Option<String>,
+                   fallback: Option<Ttl>,
+                   dflt: &str|
+         -> anyhow::Result<Ttl> {
             match v {
                 Some(s) => Ttl::parse(&s).map_err(|e| anyhow!("{key}: {}", e.reason)),
                 None => Ok(fallback.unwrap_or_else(|| Ttl::parse(dflt).expect("valid default"))),
             }
         };
-        let default_ttl = ttl("default_ttl", raw.default_ttl, base.map(|b| b.default_ttl), "48h")?;
+        let default_ttl = ttl(
+            "default_ttl",
+            raw.default_ttl,
+            base.map(|b| b.default_ttl),
+            "48h",
+        )?;
         let max_ttl = ttl("max_ttl", raw.max_ttl, base.map(|b| b.max_ttl), "14d")?;
         if default_ttl > max_ttl {
             bail!("default_ttl: {default_ttl} is longer than max_ttl {max_ttl}");
         }
 
-        let key_env = raw.encryption_key_env.unwrap_or_else(|| ENV_ENCRYPTION_KEY.to_string());
+        let key_env = raw
+            .encryption_key_env
+            .unwrap_or_else(|| ENV_ENCRYPTION_KEY.to_string());
         let encryption_key = match std::env::var(&key_env).ok().or(raw.encryption_key) {
             Some(k) => parse_key(&k).with_context(|| format!("encryption_key (or ${key_env})"))?,
             None => match base {
                 Some(b) => b.encryption_key,
-                None => bail!("encryption_key: missing (set it, or ${key_env}, to 64 hex characters)"),
+                None => {
+                    bail!("encryption_key: missing (set it, or ${key_env}, to 64 hex characters)")
+                }
             },
         };
 
@@ -241,13 +263,19 @@ impl Config {
             let digest = hex::decode(t.sha256.trim())
                 .ok()
                 .and_then(|d| <[u8; 32]>::try_from(d).ok())
-                .ok_or_else(|| anyhow!("{at}.sha256: must be 64 hex characters (sha256 of the token)"))?;
+                .ok_or_else(|| {
+                    anyhow!("{at}.sha256: must be 64 hex characters (sha256 of the token)")
+                })?;
             let scopes = t
                 .scopes
                 .iter()
                 .map(|s| Scope::parse(s).ok_or_else(|| anyhow!("{at}.scopes: unknown scope {s:?}")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            tokens.push(ApiToken { name: t.name, sha256: digest, scopes });
+            tokens.push(ApiToken {
+                name: t.name,
+                sha256: digest,
+                scopes,
+            });
         }
 
         let mut targets = base.map(|b| b.targets.clone()).unwrap_or_default();
@@ -271,8 +299,9 @@ impl Config {
                         .and_then(|v| std::env::var(v).ok())
                         .or(admin_url)
                         .ok_or_else(|| anyhow!("{at}.admin_url: missing"))?;
-                    admin_url.parse::<tokio_postgres::Config>()
-                        .map_err(|e| anyhow!("{at}.admin_url: not a PostgreSQL connection string: {e}"))?;
+                    admin_url.parse::<tokio_postgres::Config>().map_err(|e| {
+                        anyhow!("{at}.admin_url: not a PostgreSQL connection string: {e}")
+                    })?;
                     TargetConfig::Postgres(PostgresTargetConfig {
                         admin_url,
                         public_host,
@@ -298,8 +327,14 @@ impl Config {
         let default_target = raw
             .default_target
             .or_else(|| base.map(|b| b.default_target.clone()))
-            .or_else(|| (targets.len() == 1).then(|| targets.keys().next().cloned()).flatten())
-            .ok_or_else(|| anyhow!("default_target: missing (and there is not exactly one target)"))?;
+            .or_else(|| {
+                (targets.len() == 1)
+                    .then(|| targets.keys().next().cloned())
+                    .flatten()
+            })
+            .ok_or_else(|| {
+                anyhow!("default_target: missing (and there is not exactly one target)")
+            })?;
         if !targets.contains_key(&default_target) {
             bail!("default_target: no target named {default_target:?} under [targets]");
         }
@@ -307,15 +342,22 @@ impl Config {
         let mut blueprints = base.map(|b| b.blueprints.clone()).unwrap_or_default();
         for (name, mut bp) in raw.blueprints {
             PgIdent::parse(&name).map_err(|_| {
-                anyhow!("blueprints.{name}: blueprint names must be lowercase letters, digits and _")
+                anyhow!(
+                    "blueprints.{name}: blueprint names must be lowercase letters, digits and _"
+                )
             })?;
             // Remember where relative paths of this table point.
             if let toml::Value::Table(t) = &mut bp {
-                t.insert("__base_dir".into(), toml::Value::String(base_dir.display().to_string()));
+                t.insert(
+                    "__base_dir".into(),
+                    toml::Value::String(base_dir.display().to_string()),
+                );
             }
             blueprints.insert(name, bp);
         }
-        let default_blueprint = raw.default_blueprint.or_else(|| base.and_then(|b| b.default_blueprint.clone()));
+        let default_blueprint = raw
+            .default_blueprint
+            .or_else(|| base.and_then(|b| b.default_blueprint.clone()));
         if let Some(bp) = &default_blueprint {
             if !blueprints.contains_key(bp) {
                 bail!("default_blueprint: no blueprint named {bp:?} under [blueprints]");
@@ -330,11 +372,16 @@ impl Config {
             default_ttl,
             max_ttl,
             encryption_key,
-            max_body_bytes: raw.max_body_bytes.or(base.map(|b| b.max_body_bytes)).unwrap_or(4 << 20),
+            max_body_bytes: raw
+                .max_body_bytes
+                .or(base.map(|b| b.max_body_bytes))
+                .unwrap_or(4 << 20),
             tokens,
             targets,
             blueprints,
-            base_dir: base.map(|b| b.base_dir.clone()).unwrap_or_else(|| base_dir.to_path_buf()),
+            base_dir: base
+                .map(|b| b.base_dir.clone())
+                .unwrap_or_else(|| base_dir.to_path_buf()),
         })
     }
 }
@@ -382,7 +429,10 @@ mod tests {
         assert!(e.contains("lisen"), "{e}");
         let e = format!("{:#}", parse("default_target = \"nope\"").unwrap_err());
         assert!(e.contains("default_target"), "{e}");
-        let e = format!("{:#}", parse("[[tokens]]\nname = \"ci\"\nsha256 = \"zz\"\nscopes = []").unwrap_err());
+        let e = format!(
+            "{:#}",
+            parse("[[tokens]]\nname = \"ci\"\nsha256 = \"zz\"\nscopes = []").unwrap_err()
+        );
         assert!(e.contains("tokens[0] (ci).sha256"), "{e}");
     }
 }

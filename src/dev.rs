@@ -26,13 +26,19 @@ pub const DEV_TOKEN_ENV: &str = "PREVIEWDB_DEV_TOKEN";
 /// Starts (initialising on first use) the private cluster under `data_dir` and derives a config.
 pub async fn setup(opts: &DevOptions) -> anyhow::Result<DevSetup> {
     let data_dir = opts.data_dir.clone();
-    let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data_dir)).await??;
+    let postgres =
+        tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data_dir)).await??;
     create_database_if_missing(&postgres.admin_url("postgres"), "previewdb").await?;
     let key = persistent_key(&postgres.data_dir().join("encryption.key"))?;
     let token = std::env::var(DEV_TOKEN_ENV)
         .ok()
         .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| format!("pdb_dev_{}", Alphanumeric.sample_string(&mut rand::rngs::OsRng, 32)));
+        .unwrap_or_else(|| {
+            format!(
+                "pdb_dev_{}",
+                Alphanumeric.sample_string(&mut rand::rngs::OsRng, 32)
+            )
+        });
     let text = format!(
         r#"
 listen = "127.0.0.1:8080"
@@ -65,26 +71,41 @@ max_environments = 200
         config.merge_file(extra)?;
     }
     if let Some(listen) = &opts.listen {
-        config.listen = listen.parse().with_context(|| format!("--listen {listen:?}"))?;
+        config.listen = listen
+            .parse()
+            .with_context(|| format!("--listen {listen:?}"))?;
     }
-    Ok(DevSetup { postgres, config, token })
+    Ok(DevSetup {
+        postgres,
+        config,
+        token,
+    })
 }
 
 /// The example blueprints shipped in `seeds/`: next to the working directory, else in the
 /// source tree previewdb was built from.
 fn example_blueprints() -> Option<PathBuf> {
-    [PathBuf::from("seeds"), Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds")]
-        .into_iter()
-        .map(|d| d.join("previewdb.dev.toml"))
-        .find(|p| p.is_file())
+    [
+        PathBuf::from("seeds"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds"),
+    ]
+    .into_iter()
+    .map(|d| d.join("previewdb.dev.toml"))
+    .find(|p| p.is_file())
 }
 
 pub async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::Result<()> {
     let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
-    let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await?.is_some();
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
     if !exists {
-        let sql = format!("CREATE DATABASE {}", postgres_protocol::escape::escape_identifier(name));
+        let sql = format!(
+            "CREATE DATABASE {}",
+            postgres_protocol::escape::escape_identifier(name)
+        );
         client.batch_execute(&sql).await?;
     }
     Ok(())
@@ -98,7 +119,11 @@ fn persistent_key(path: &Path) -> anyhow::Result<String> {
     let mut key = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
     let hex = hex::encode(key);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(hex.as_bytes())?;
     Ok(hex)
 }

@@ -31,7 +31,8 @@ impl EmbeddedPostgres {
     /// Locates `initdb` and `postgres`: next to a `postgres` on PATH, else the newest
     /// `/usr/lib/postgresql/<major>/bin`.
     pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
-        let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
+        let has_server =
+            |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
         if let Some(path) = std::env::var_os("PATH") {
             for dir in std::env::split_paths(&path) {
                 let candidate = dir.join("postgres");
@@ -54,7 +55,10 @@ impl EmbeddedPostgres {
             })
             .collect();
         versions.sort();
-        versions.pop().map(|(_, bin)| bin).ok_or_else(|| anyhow!(INSTALL_HINT))
+        versions
+            .pop()
+            .map(|(_, bin)| bin)
+            .ok_or_else(|| anyhow!(INSTALL_HINT))
     }
 
     /// Initialises `data_dir` when it holds no cluster yet, then starts the server on a free
@@ -78,7 +82,14 @@ impl EmbeddedPostgres {
             let out = server_command(&bin.join("initdb"), run_as)
                 .arg("-D")
                 .arg(&pgdata)
-                .args(["-U", ADMIN_USER, "-E", "UTF8", "--no-locale", "--auth-local=trust"])
+                .args([
+                    "-U",
+                    ADMIN_USER,
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                    "--auth-local=trust",
+                ])
                 .args(["--auth-host=scram-sha-256", "--no-sync"])
                 .output()
                 .context("running initdb")?;
@@ -90,7 +101,10 @@ impl EmbeddedPostgres {
 
         let port = free_port()?;
         let log_path = data_dir.join("postgres.log");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
         if let Some((uid, gid)) = run_as {
             std::os::unix::fs::chown(&log_path, Some(uid), Some(gid))?;
         }
@@ -109,7 +123,9 @@ impl EmbeddedPostgres {
         ] {
             cmd.arg("-c").arg(setting);
         }
-        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         // SAFETY: prctl is async-signal-safe; it makes the kernel stop the server when the
         // thread that started it ends, so a killed test run or CLI leaves no server behind.
         unsafe {
@@ -125,17 +141,26 @@ impl EmbeddedPostgres {
         let (tx, rx) = std::sync::mpsc::channel();
         let exited = std::sync::Arc::new(Mutex::new(None));
         let exit_slot = exited.clone();
-        let waiter = std::thread::Builder::new().name("postgres".into()).spawn(move || {
-            let mut child: Child = match cmd.spawn() {
-                Ok(c) => c,
-                Err(e) => return drop(tx.send(Err(e))),
-            };
-            let _ = tx.send(Ok(child.id()));
-            let status = child.wait();
-            *exit_slot.lock().unwrap() = status.ok();
-        })?;
+        let waiter = std::thread::Builder::new()
+            .name("postgres".into())
+            .spawn(move || {
+                let mut child: Child = match cmd.spawn() {
+                    Ok(c) => c,
+                    Err(e) => return drop(tx.send(Err(e))),
+                };
+                let _ = tx.send(Ok(child.id()));
+                let status = child.wait();
+                *exit_slot.lock().unwrap() = status.ok();
+            })?;
         let pid = rx.recv()?.context("starting postgres")?;
-        let pg = Self { data_dir, socket_dir, port, pid, exited, waiter: Mutex::new(Some(waiter)) };
+        let pg = Self {
+            data_dir,
+            socket_dir,
+            port,
+            pid,
+            exited,
+            waiter: Mutex::new(Some(waiter)),
+        };
         pg.wait_ready(&log_path)?;
         Ok(pg)
     }
@@ -150,12 +175,18 @@ impl EmbeddedPostgres {
                 let log = std::fs::read_to_string(log_path).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
-                bail!("postgres exited during start-up ({status}):\n{}", tail.join("\n"));
+                bail!(
+                    "postgres exited during start-up ({status}):\n{}",
+                    tail.join("\n")
+                );
             }
             let ready = std::fs::read_to_string(&pid_file)
                 .map(|s| {
                     // A stale file from a crashed run names another pid.
-                    let mine = s.lines().next().is_some_and(|l| l.trim() == self.pid.to_string());
+                    let mine = s
+                        .lines()
+                        .next()
+                        .is_some_and(|l| l.trim() == self.pid.to_string());
                     mine && s.lines().nth(7).is_some_and(|l| l.trim() == "ready")
                 })
                 .unwrap_or(false);
@@ -163,7 +194,10 @@ impl EmbeddedPostgres {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("postgres did not become ready within 60 s; see {}", log_path.display());
+                bail!(
+                    "postgres did not become ready within 60 s; see {}",
+                    log_path.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -188,7 +222,10 @@ impl EmbeddedPostgres {
             percent_encoding::NON_ALPHANUMERIC,
         )
         .to_string();
-        format!("postgresql://{ADMIN_USER}@/{database}?host={host}&port={}", self.port)
+        format!(
+            "postgresql://{ADMIN_USER}@/{database}?host={host}&port={}",
+            self.port
+        )
     }
 
     /// Fast shutdown: ends sessions, then waits for the server to exit.
@@ -234,7 +271,9 @@ fn unprivileged_user() -> anyhow::Result<Option<(u32, u32)>> {
             }
         }
     }
-    bail!("running as root, and neither a `postgres` nor a `nobody` user exists to run PostgreSQL as")
+    bail!(
+        "running as root, and neither a `postgres` nor a `nobody` user exists to run PostgreSQL as"
+    )
 }
 
 fn server_command(program: &Path, run_as: Option<(u32, u32)>) -> Command {
@@ -262,5 +301,7 @@ fn socket_dir_for(data_dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

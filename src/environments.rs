@@ -4,7 +4,9 @@
 //! Every change to a key happens under that key's lock (see `Store::lock_key`), and runs in a
 //! task of its own so that a caller hanging up cannot leave an environment half-made.
 
-use crate::backend::{Backend, BackendError, BlueprintStatus, Connection, ProvisionRequest, Secret, TargetHealth};
+use crate::backend::{
+    Backend, BackendError, BlueprintStatus, Connection, ProvisionRequest, Secret, TargetHealth,
+};
 use crate::blueprint::{Blueprint, SourceFile};
 use crate::domain::{EnvKey, InvalidInput, Isolation, Labels, Ttl};
 use crate::store::{EnvRecord, ListFilter, Sealer, State, Store, StoreError, StoredConnection};
@@ -63,7 +65,10 @@ pub enum ServiceError {
     #[error("{0}")]
     AtCapacity(String),
     #[error("{message}")]
-    Unavailable { message: String, retry_after: Duration },
+    Unavailable {
+        message: String,
+        retry_after: Duration,
+    },
     #[error("{0}")]
     ProvisioningFailed(String),
     #[error("{0}")]
@@ -77,10 +82,14 @@ pub enum ServiceError {
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(m) => ServiceError::Unavailable { message: m, retry_after: Duration::from_secs(5) },
-            StoreError::Query(e) if e.as_db_error().is_none() => {
-                ServiceError::Unavailable { message: format!("control store: {e}"), retry_after: Duration::from_secs(5) }
-            }
+            StoreError::Unavailable(m) => ServiceError::Unavailable {
+                message: m,
+                retry_after: Duration::from_secs(5),
+            },
+            StoreError::Query(e) if e.as_db_error().is_none() => ServiceError::Unavailable {
+                message: format!("control store: {e}"),
+                retry_after: Duration::from_secs(5),
+            },
             StoreError::Query(e) => ServiceError::Internal(format!("control store: {e}")),
         }
     }
@@ -89,7 +98,10 @@ impl From<StoreError> for ServiceError {
 impl From<BackendError> for ServiceError {
     fn from(e: BackendError) -> Self {
         match e {
-            BackendError::Unavailable { message, retry_after } => ServiceError::Unavailable {
+            BackendError::Unavailable {
+                message,
+                retry_after,
+            } => ServiceError::Unavailable {
                 message,
                 retry_after: retry_after.unwrap_or(Duration::from_secs(5)),
             },
@@ -144,8 +156,17 @@ impl Environments {
         defaults: Defaults,
     ) -> Arc<Self> {
         let targets = targets.into_iter().map(|t| (t.name.clone(), t)).collect();
-        let blueprints = blueprints.into_iter().map(|b| (b.name.to_string(), Arc::new(b))).collect();
-        Arc::new(Self { store, sealer, targets, blueprints, defaults })
+        let blueprints = blueprints
+            .into_iter()
+            .map(|b| (b.name.to_string(), Arc::new(b)))
+            .collect();
+        Arc::new(Self {
+            store,
+            sealer,
+            targets,
+            blueprints,
+            defaults,
+        })
     }
 
     pub fn blueprints(&self) -> impl Iterator<Item = &Arc<Blueprint>> {
@@ -153,14 +174,16 @@ impl Environments {
     }
 
     fn blueprint(&self, name: &str) -> Result<&Arc<Blueprint>> {
-        self.blueprints
-            .get(name)
-            .ok_or_else(|| InvalidInput::new("blueprint", format!("no blueprint named {name:?}")).into())
+        self.blueprints.get(name).ok_or_else(|| {
+            InvalidInput::new("blueprint", format!("no blueprint named {name:?}")).into()
+        })
     }
 
     /// The blueprint's state on every target that builds templates.
     pub async fn blueprint_status(&self, name: &str) -> Result<Vec<(String, BlueprintStatus)>> {
-        let bp = self.blueprint(name).map_err(|_| ServiceError::NotFound(name.to_owned()))?;
+        let bp = self
+            .blueprint(name)
+            .map_err(|_| ServiceError::NotFound(name.to_owned()))?;
         let mut out = vec![];
         for t in self.targets.values().filter(|t| t.kind == "postgres") {
             out.push((t.name.clone(), t.backend.blueprint_status(bp).await));
@@ -170,7 +193,9 @@ impl Environments {
 
     /// Builds the blueprint's template and fills its pool on every target that builds templates.
     pub async fn prepare_blueprint(&self, name: &str) -> Result<Vec<(String, BlueprintStatus)>> {
-        let bp = self.blueprint(name).map_err(|_| ServiceError::NotFound(name.to_owned()))?;
+        let bp = self
+            .blueprint(name)
+            .map_err(|_| ServiceError::NotFound(name.to_owned()))?;
         let mut out = vec![];
         for t in self.targets.values().filter(|t| t.kind == "postgres") {
             out.push((t.name.clone(), t.backend.prepare(bp).await?));
@@ -218,7 +243,11 @@ impl Environments {
     fn ttl(&self, ttl: Option<Ttl>) -> Result<Ttl> {
         let ttl = ttl.unwrap_or(self.defaults.ttl);
         if ttl > self.defaults.max_ttl {
-            return Err(InvalidInput::new("ttl", format!("{ttl} is longer than the maximum {}", self.defaults.max_ttl)).into());
+            return Err(InvalidInput::new(
+                "ttl",
+                format!("{ttl} is longer than the maximum {}", self.defaults.max_ttl),
+            )
+            .into());
         }
         Ok(ttl)
     }
@@ -231,13 +260,19 @@ impl Environments {
     }
 
     async fn create_inner(&self, spec: CreateSpec) -> Result<(Env, bool)> {
-        let target_name = spec.target.clone().unwrap_or_else(|| self.defaults.target.clone());
+        let target_name = spec
+            .target
+            .clone()
+            .unwrap_or_else(|| self.defaults.target.clone());
         let target = self.target(&target_name)?;
         let isolation = spec.isolation.unwrap_or(target.backend.isolations()[0]);
         if !target.backend.isolations().contains(&isolation) {
             return Err(InvalidInput::new(
                 "isolation",
-                format!("target {target_name:?} does not offer isolation {:?}", isolation.as_str()),
+                format!(
+                    "target {target_name:?} does not offer isolation {:?}",
+                    isolation.as_str()
+                ),
             )
             .into());
         }
@@ -249,7 +284,11 @@ impl Environments {
             None if builds_templates => self.defaults.blueprint.clone(),
             None => None,
         };
-        let blueprint = blueprint_name.as_deref().map(|n| self.blueprint(n)).transpose()?.cloned();
+        let blueprint = blueprint_name
+            .as_deref()
+            .map(|n| self.blueprint(n))
+            .transpose()?
+            .cloned();
         if blueprint.is_some() && !builds_templates {
             return Err(InvalidInput::new(
                 "blueprint",
@@ -257,12 +296,21 @@ impl Environments {
             )
             .into());
         }
-        let format = blueprint.as_ref().map_or(crate::blueprint::MigrationFormat::Plain, |b| b.format);
+        let format = blueprint
+            .as_ref()
+            .map_or(crate::blueprint::MigrationFormat::Plain, |b| b.format);
         for m in &spec.migrations {
-            format.check_name(&m.name).map_err(|e| InvalidInput::new("migrations", e))?;
+            format
+                .check_name(&m.name)
+                .map_err(|e| InvalidInput::new("migrations", e))?;
         }
         let ttl = self.ttl(spec.ttl)?;
-        let digest = settings_digest(&target_name, isolation, blueprint_name.as_deref(), &spec.migrations);
+        let digest = settings_digest(
+            &target_name,
+            isolation,
+            blueprint_name.as_deref(),
+            &spec.migrations,
+        );
 
         let _lock = self.store.lock_key(spec.key.as_str()).await?;
         let mut resume = None;
@@ -371,14 +419,24 @@ impl Environments {
         };
         let stored = StoredConnection::from_connection(&connection);
         let sealed = self.sealer.seal(record.id, connection.password.expose());
-        if let Err(e) = self.store.mark_ready(record.id, &record.resources, &stored, &sealed).await {
+        if let Err(e) = self
+            .store
+            .mark_ready(record.id, &record.resources, &stored, &sealed)
+            .await
+        {
             let _ = target.backend.teardown(&record.resources).await;
             return Err(e.into());
         }
         record.state = State::Ready;
         record.connection = Some(stored);
         tracing::info!(env = %record.id, target = %record.target, "environment ready");
-        Ok((Env { record, password: Some(connection.password) }, true))
+        Ok((
+            Env {
+                record,
+                password: Some(connection.password),
+            },
+            true,
+        ))
     }
 
     /// Tears down what an interrupted provision may have made and records it as failed.
@@ -390,7 +448,10 @@ impl Environments {
     }
 
     async fn finish_delete(&self, rec: &EnvRecord) -> Result<()> {
-        self.target(&rec.target)?.backend.teardown(&rec.resources).await?;
+        self.target(&rec.target)?
+            .backend
+            .teardown(&rec.resources)
+            .await?;
         self.store.mark_deleted(rec.id).await?;
         Ok(())
     }
@@ -400,7 +461,11 @@ impl Environments {
             .as_deref()
             .and_then(|s| self.sealer.open(rec.id, s))
             .map(Secret::new)
-            .ok_or_else(|| ServiceError::Internal("the stored password cannot be opened (was the encryption key changed?)".into()))
+            .ok_or_else(|| {
+                ServiceError::Internal(
+                    "the stored password cannot be opened (was the encryption key changed?)".into(),
+                )
+            })
     }
 
     /// Finds an environment by id or by key (the live one, else the latest tombstone).
@@ -414,7 +479,11 @@ impl Environments {
 
     pub async fn get(&self, reference: &str, reveal: bool) -> Result<Env> {
         let record = self.find(reference).await?;
-        let password = if reveal && record.state == State::Ready { Some(self.open_password(&record)?) } else { None };
+        let password = if reveal && record.state == State::Ready {
+            Some(self.open_password(&record)?)
+        } else {
+            None
+        };
         Ok(Env { record, password })
     }
 
@@ -426,38 +495,71 @@ impl Environments {
     pub async fn delete(self: &Arc<Self>, reference: &str) -> Result<Env> {
         let record = self.find(reference).await?;
         let this = self.clone();
-        join(tokio::spawn(async move { this.delete_locked(record.id, &record.key).await })).await
+        join(tokio::spawn(async move {
+            this.delete_locked(record.id, &record.key).await
+        }))
+        .await
     }
 
     async fn delete_locked(&self, id: Uuid, key: &str) -> Result<Env> {
         let _lock = self.store.lock_key(key).await?;
-        let record = self.store.get_by_id(id).await?.ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+        let record = self
+            .store
+            .get_by_id(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
         if record.state == State::Deleted {
-            return Ok(Env { record, password: None });
+            return Ok(Env {
+                record,
+                password: None,
+            });
         }
         if record.state != State::Failed {
             self.store.mark_deleting(id).await?;
         }
-        self.target(&record.target)?.backend.teardown(&record.resources).await?;
+        self.target(&record.target)?
+            .backend
+            .teardown(&record.resources)
+            .await?;
         self.store.mark_deleted(id).await?;
         tracing::info!(env = %id, "environment deleted");
-        let record = self.store.get_by_id(id).await?.ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
-        Ok(Env { record, password: None })
+        let record = self
+            .store
+            .get_by_id(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+        Ok(Env {
+            record,
+            password: None,
+        })
     }
 
     /// Runs `op` on a ready environment under its key's lock.
     async fn with_ready<T, F>(self: &Arc<Self>, reference: &str, op: F) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'a> FnOnce(&'a Self, EnvRecord, &'a Target) -> futures_util::future::BoxFuture<'a, Result<T>> + Send + 'static,
+        F: for<'a> FnOnce(
+                &'a Self,
+                EnvRecord,
+                &'a Target,
+            ) -> futures_util::future::BoxFuture<'a, Result<T>>
+            + Send
+            + 'static,
     {
         let record = self.find(reference).await?;
         let this = self.clone();
         join(tokio::spawn(async move {
             let _lock = this.store.lock_key(&record.key).await?;
-            let record = this.store.get_by_id(record.id).await?.ok_or_else(|| ServiceError::NotFound(record.id.to_string()))?;
+            let record = this
+                .store
+                .get_by_id(record.id)
+                .await?
+                .ok_or_else(|| ServiceError::NotFound(record.id.to_string()))?;
             if record.state != State::Ready {
-                return Err(ServiceError::NotReady(format!("environment is {}, not ready", record.state.as_str())));
+                return Err(ServiceError::NotReady(format!(
+                    "environment is {}, not ready",
+                    record.state.as_str()
+                )));
             }
             let target = this.target(&record.target)?;
             op(&this, record, target).await
@@ -483,12 +585,18 @@ impl Environments {
     pub async fn rotate_credentials(self: &Arc<Self>, reference: &str) -> Result<Env> {
         self.with_ready(reference, |this, mut record, target| {
             Box::pin(async move {
-                let connection = target.backend.rotate_credentials(&record.resources, record.expires_at).await?;
+                let connection = target
+                    .backend
+                    .rotate_credentials(&record.resources, record.expires_at)
+                    .await?;
                 let stored = StoredConnection::from_connection(&connection);
                 let sealed = this.sealer.seal(record.id, connection.password.expose());
                 this.store.set_password(record.id, &stored, &sealed).await?;
                 record.connection = Some(stored);
-                Ok(Env { record, password: Some(connection.password) })
+                Ok(Env {
+                    record,
+                    password: Some(connection.password),
+                })
             })
         })
         .await
@@ -497,8 +605,14 @@ impl Environments {
     pub async fn reset(self: &Arc<Self>, reference: &str) -> Result<Env> {
         self.with_ready(reference, |this, record, target| {
             Box::pin(async move {
-                let blueprint = record.blueprint.as_deref().and_then(|b| this.blueprints.get(b));
-                target.backend.reset(&record.resources, blueprint.map(|b| b.as_ref())).await?;
+                let blueprint = record
+                    .blueprint
+                    .as_deref()
+                    .and_then(|b| this.blueprints.get(b));
+                target
+                    .backend
+                    .reset(&record.resources, blueprint.map(|b| b.as_ref()))
+                    .await?;
                 let password = Some(this.open_password(&record)?);
                 Ok(Env { record, password })
             })
@@ -507,15 +621,30 @@ impl Environments {
     }
 
     /// Applies more migrations to a live environment, keeping its data.
-    pub async fn migrate(self: &Arc<Self>, reference: &str, migrations: Vec<SourceFile>) -> Result<(Env, usize)> {
+    pub async fn migrate(
+        self: &Arc<Self>,
+        reference: &str,
+        migrations: Vec<SourceFile>,
+    ) -> Result<(Env, usize)> {
         self.with_ready(reference, move |this, record, target| {
             Box::pin(async move {
-                let blueprint = record.blueprint.as_deref().and_then(|b| this.blueprints.get(b)).cloned();
-                let format = blueprint.as_ref().map_or(crate::blueprint::MigrationFormat::Plain, |b| b.format);
+                let blueprint = record
+                    .blueprint
+                    .as_deref()
+                    .and_then(|b| this.blueprints.get(b))
+                    .cloned();
+                let format = blueprint
+                    .as_ref()
+                    .map_or(crate::blueprint::MigrationFormat::Plain, |b| b.format);
                 for m in &migrations {
-                    format.check_name(&m.name).map_err(|e| InvalidInput::new("migrations", e))?;
+                    format
+                        .check_name(&m.name)
+                        .map_err(|e| InvalidInput::new("migrations", e))?;
                 }
-                let applied = target.backend.migrate(&record.resources, blueprint.as_deref(), &migrations).await?;
+                let applied = target
+                    .backend
+                    .migrate(&record.resources, blueprint.as_deref(), &migrations)
+                    .await?;
                 let password = Some(this.open_password(&record)?);
                 Ok((Env { record, password }, applied))
             })
@@ -528,8 +657,16 @@ impl Environments {
         let mut report = SweepReport::default();
         for rec in self.store.expired(Utc::now()).await? {
             match self.delete(&rec.id.to_string()).await {
-                Ok(_) => report.deleted.push(SweptEnv { id: rec.id, key: rec.key, error: None }),
-                Err(e) => report.failed.push(SweptEnv { id: rec.id, key: rec.key, error: Some(e.to_string()) }),
+                Ok(_) => report.deleted.push(SweptEnv {
+                    id: rec.id,
+                    key: rec.key,
+                    error: None,
+                }),
+                Err(e) => report.failed.push(SweptEnv {
+                    id: rec.id,
+                    key: rec.key,
+                    error: Some(e.to_string()),
+                }),
             }
         }
         Ok(report)
@@ -540,21 +677,34 @@ impl Environments {
     pub async fn reconcile(&self) -> Result<usize> {
         let mut done = 0;
         for rec in self.store.unfinished().await? {
-            let Some(_lock) = self.store.try_lock_key(&rec.key).await? else { continue };
-            let Some(rec) = self.store.get_by_id(rec.id).await? else { continue };
-            let Ok(target) = self.target(&rec.target) else { continue };
+            let Some(_lock) = self.store.try_lock_key(&rec.key).await? else {
+                continue;
+            };
+            let Some(rec) = self.store.get_by_id(rec.id).await? else {
+                continue;
+            };
+            let Ok(target) = self.target(&rec.target) else {
+                continue;
+            };
             let outcome = match rec.state {
-                State::Provisioning => self.abandon(&rec, "interrupted: previewdb stopped while provisioning").await,
+                State::Provisioning => {
+                    self.abandon(&rec, "interrupted: previewdb stopped while provisioning")
+                        .await
+                }
                 State::Deleting => self.finish_delete(&rec).await,
-                State::Failed if rec.teardown_pending => match target.backend.teardown(&rec.resources).await {
-                    Ok(()) => self.store.mark_cleaned(rec.id).await.map_err(Into::into),
-                    Err(e) => Err(e.into()),
-                },
+                State::Failed if rec.teardown_pending => {
+                    match target.backend.teardown(&rec.resources).await {
+                        Ok(()) => self.store.mark_cleaned(rec.id).await.map_err(Into::into),
+                        Err(e) => Err(e.into()),
+                    }
+                }
                 _ => continue,
             };
             match outcome {
                 Ok(()) => done += 1,
-                Err(e) => tracing::warn!(env = %rec.id, error = %e, "reconciliation did not complete"),
+                Err(e) => {
+                    tracing::warn!(env = %rec.id, error = %e, "reconciliation did not complete")
+                }
             }
         }
         Ok(done)
@@ -562,13 +712,22 @@ impl Environments {
 }
 
 async fn join<T>(task: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
-    task.await.map_err(|e| ServiceError::Internal(format!("task failed: {e}")))?
+    task.await
+        .map_err(|e| ServiceError::Internal(format!("task failed: {e}")))?
 }
 
 /// What makes two creates of one key "the same environment".
-fn settings_digest(target: &str, isolation: Isolation, blueprint: Option<&str>, migrations: &[SourceFile]) -> String {
+fn settings_digest(
+    target: &str,
+    isolation: Isolation,
+    blueprint: Option<&str>,
+    migrations: &[SourceFile],
+) -> String {
     use sha2::Digest;
-    let migrations: Vec<[&str; 2]> = migrations.iter().map(|m| [m.name.as_str(), m.text.as_str()]).collect();
+    let migrations: Vec<[&str; 2]> = migrations
+        .iter()
+        .map(|m| [m.name.as_str(), m.text.as_str()])
+        .collect();
     let doc = serde_json::json!({ "target": target, "isolation": isolation, "blueprint": blueprint, "migrations": migrations });
     hex::encode(sha2::Sha256::digest(doc.to_string().as_bytes()))
 }

@@ -18,14 +18,20 @@ pub async fn run(envs: Arc<Environments>) {
         }
         match envs.sweep().await {
             Ok(r) if !r.deleted.is_empty() || !r.failed.is_empty() => {
-                tracing::info!(deleted = r.deleted.len(), failed = r.failed.len(), "swept expired environments")
+                tracing::info!(
+                    deleted = r.deleted.len(),
+                    failed = r.failed.len(),
+                    "swept expired environments"
+                )
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "sweep failed"),
         }
         tokio::time::sleep(INTERVAL).await;
         match envs.collect_garbage().await {
-            Ok(d) if !d.is_empty() => tracing::info!(dropped = ?d, "dropped unused templates and pool databases"),
+            Ok(d) if !d.is_empty() => {
+                tracing::info!(dropped = ?d, "dropped unused templates and pool databases")
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
         }
@@ -39,7 +45,9 @@ async fn warm_up(envs: Arc<Environments>) {
     for name in names {
         match envs.prepare_blueprint(&name).await {
             Ok(_) => tracing::info!(blueprint = %name, "blueprint prepared"),
-            Err(e) => tracing::warn!(blueprint = %name, error = %e, "blueprint could not be prepared"),
+            Err(e) => {
+                tracing::warn!(blueprint = %name, error = %e, "blueprint could not be prepared")
+            }
         }
     }
 }

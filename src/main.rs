@@ -5,7 +5,11 @@ use previewdb::startup::{init_tracing, Application};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "previewdb", version, about = "Isolated, pre-seeded PostgreSQL databases for pull requests")]
+#[command(
+    name = "previewdb",
+    version,
+    about = "Isolated, pre-seeded PostgreSQL databases for pull requests"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,7 +19,12 @@ struct Cli {
 enum Command {
     /// Run the service with a configuration file (production).
     Serve {
-        #[arg(long, short, env = "PREVIEWDB_CONFIG", default_value = "previewdb.toml")]
+        #[arg(
+            long,
+            short,
+            env = "PREVIEWDB_CONFIG",
+            default_value = "previewdb.toml"
+        )]
         config: PathBuf,
     },
     /// Run the service on a private PostgreSQL started from the installed server binaries.
@@ -42,7 +51,11 @@ fn main() -> std::process::ExitCode {
     let outcome = runtime.block_on(async {
         match cli.command {
             Command::Serve { config } => serve(config).await,
-            Command::Dev { listen, data_dir, config } => run_dev(listen, data_dir, config).await,
+            Command::Dev {
+                listen,
+                data_dir,
+                config,
+            } => run_dev(listen, data_dir, config).await,
             Command::Env(args) => previewdb::cli::run(args).await,
             Command::HashToken { token } => {
                 println!("{}", hex::encode(token_digest(&token)));
@@ -69,11 +82,21 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
 
 async fn run_dev(listen: String, data_dir: PathBuf, config: Option<PathBuf>) -> anyhow::Result<()> {
     init_tracing();
-    let setup = dev::setup(&DevOptions { listen: Some(listen), data_dir, config }).await?;
+    let setup = dev::setup(&DevOptions {
+        listen: Some(listen),
+        data_dir,
+        config,
+    })
+    .await?;
     let app = Application::build(&setup.config).await?;
     let url = format!("http://{}:{}", setup.config.listen.ip(), app.port());
     println!("previewdb dev: serving on {url}");
-    println!("  PostgreSQL {} on 127.0.0.1:{} (data in {})", "cluster", setup.postgres.port(), setup.postgres.data_dir().display());
+    println!(
+        "  PostgreSQL {} on 127.0.0.1:{} (data in {})",
+        "cluster",
+        setup.postgres.port(),
+        setup.postgres.data_dir().display()
+    );
     println!("  export PREVIEWDB_URL={url}");
     println!("  export PREVIEWDB_TOKEN={}", setup.token);
     app.run_until(shutdown_signal()).await?;
@@ -83,7 +106,8 @@ async fn run_dev(listen: String, data_dir: PathBuf, config: Option<PathBuf>) -> 
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -2,8 +2,8 @@
 
 use crate::backend::postgres::PostgresBackend;
 use crate::backend::Backend;
-use crate::configuration::{Config, TargetConfig};
 use crate::blueprint::Blueprint;
+use crate::configuration::{Config, TargetConfig};
 use crate::environments::{Defaults, Environments, Target};
 use crate::http::{router, AppState};
 use crate::store::{Sealer, Store};
@@ -29,7 +29,9 @@ impl Application {
                             tracing::info!(target = %name, databases = ?revoked, "revoked PUBLIC CONNECT")
                         }
                         Ok(_) => {}
-                        Err(e) => tracing::warn!(target = %name, error = %e, "target not reachable at start-up"),
+                        Err(e) => {
+                            tracing::warn!(target = %name, error = %e, "target not reachable at start-up")
+                        }
                     }
                     ("postgres", Arc::new(backend), pg.max_environments)
                 }
@@ -39,7 +41,12 @@ impl Application {
                     n.max_environments.unwrap_or(25),
                 ),
             };
-            targets.push(Target { name: name.clone(), kind, backend, max_environments: max });
+            targets.push(Target {
+                name: name.clone(),
+                kind,
+                backend,
+                max_environments: max,
+            });
         }
         let blueprints = config
             .blueprints
@@ -52,10 +59,23 @@ impl Application {
             ttl: config.default_ttl,
             max_ttl: config.max_ttl,
         };
-        let envs = Environments::new(store, Sealer::new(&config.encryption_key), targets, blueprints, defaults);
-        let state = AppState { envs: envs.clone(), tokens: Arc::new(config.tokens.clone()) };
+        let envs = Environments::new(
+            store,
+            Sealer::new(&config.encryption_key),
+            targets,
+            blueprints,
+            defaults,
+        );
+        let state = AppState {
+            envs: envs.clone(),
+            tokens: Arc::new(config.tokens.clone()),
+        };
         let listener = TcpListener::bind(config.listen).await?;
-        Ok(Self { listener, router: router(state, config.max_body_bytes), envs })
+        Ok(Self {
+            listener,
+            router: router(state, config.max_body_bytes),
+            envs,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -67,9 +87,14 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, sweeping and reconciling in the background.
-    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let lifecycle = tokio::spawn(crate::lifecycle::run(self.envs.clone()));
-        let result = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await;
+        let result = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await;
         lifecycle.abort();
         Ok(result?)
     }
@@ -80,5 +105,8 @@ impl Application {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

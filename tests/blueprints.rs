@@ -14,7 +14,9 @@ fn repo_seeds() -> PathBuf {
 }
 
 fn bin(tool: &str) -> PathBuf {
-    EmbeddedPostgres::find_bin_dir().expect("PostgreSQL binaries").join(tool)
+    EmbeddedPostgres::find_bin_dir()
+        .expect("PostgreSQL binaries")
+        .join(tool)
 }
 
 /// Connection flags for the cluster's command-line tools, as the admin over its socket.
@@ -33,8 +35,15 @@ fn cli_args(app: &TestApp, database: &str) -> Vec<String> {
 }
 
 fn run_tool(tool: &str, args: &[String]) -> String {
-    let out = std::process::Command::new(bin(tool)).args(args).output().expect("tool runs");
-    assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(bin(tool))
+        .args(args)
+        .output()
+        .expect("tool runs");
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -65,7 +74,11 @@ fn assert_same(got: &str, want: &str, what: &str) {
         return;
     }
     let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
-    let i = g.iter().zip(&w).position(|(a, b)| a != b).unwrap_or(g.len().min(w.len()));
+    let i = g
+        .iter()
+        .zip(&w)
+        .position(|(a, b)| a != b)
+        .unwrap_or(g.len().min(w.len()));
     panic!(
         "{what}: the environment's schema differs from the source's at line {}:\n  env:    {:?}\n  source: {:?}\n({} vs {} lines)",
         i + 1,
@@ -77,7 +90,12 @@ fn assert_same(got: &str, want: &str, what: &str) {
 }
 
 /// Builds the example app's source database with psql and dumps it with the installed pg_dump.
-async fn dumped_source(app: &TestApp, dir: &Path, name: &str, with_data: bool) -> (String, PathBuf) {
+async fn dumped_source(
+    app: &TestApp,
+    dir: &Path,
+    name: &str,
+    with_data: bool,
+) -> (String, PathBuf) {
     let admin = app.admin("postgres").await;
     admin
         .batch_execute(
@@ -88,14 +106,29 @@ async fn dumped_source(app: &TestApp, dir: &Path, name: &str, with_data: bool) -
         )
         .await
         .unwrap();
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}")).await.ok();
-    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.ok();
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
+        ))
+        .await
+        .ok();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .ok();
     let mut args = cli_args(app, name);
     args.extend(["-q", "-v", "ON_ERROR_STOP=1", "-f"].map(String::from));
-    args.push(repo_seeds().join("app/source/schema-source.sql").display().to_string());
+    args.push(
+        repo_seeds()
+            .join("app/source/schema-source.sql")
+            .display()
+            .to_string(),
+    );
     run_tool("psql", &args);
     if with_data {
-        let src = connect(&app.cluster.postgres.admin_url(name)).await.unwrap();
+        let src = connect(&app.cluster.postgres.admin_url(name))
+            .await
+            .unwrap();
         src.batch_execute(
             "INSERT INTO public.customers (name, billing_email, address) VALUES ('Ada; Lovelace', 'ada@example.com', E'1 Main St\\nLondon'), \
              (E'O''Brien\\ttab', 'ob@example.com', NULL)",
@@ -112,9 +145,15 @@ async fn dumped_source(app: &TestApp, dir: &Path, name: &str, with_data: bool) -
         .replace("OWNER TO previewdb_admin", "OWNER TO owner_elsewhere")
         .replace("TO app_reader", "TO reader_elsewhere")
         .replace("FOR ROLE previewdb_admin", "FOR ROLE owner_elsewhere");
-    assert!(dump.contains("\\restrict"), "this pg_dump emits \\restrict lines");
+    assert!(
+        dump.contains("\\restrict"),
+        "this pg_dump emits \\restrict lines"
+    );
     if with_data {
-        assert!(dump.contains("COPY public.customers"), "the dump carries COPY data");
+        assert!(
+            dump.contains("COPY public.customers"),
+            "the dump carries COPY data"
+        );
     }
     let path = dir.join(format!("{name}.sql"));
     std::fs::write(&path, &dump).unwrap();
@@ -139,9 +178,16 @@ async fn a_real_pg_dump_loads_and_round_trips() {
     .await;
 
     for (blueprint, src) in [("dump_schema", &source), ("dump_full", &source_data)] {
-        let env = app.create(json!({ "key": format!("dump/{blueprint}"), "blueprint": blueprint })).await;
+        let env = app
+            .create(json!({ "key": format!("dump/{blueprint}"), "blueprint": blueprint }))
+            .await;
         assert_eq!(env["blueprint"], blueprint);
-        assert!(env["blueprint_hash"].as_str().is_some_and(|h| h.len() == 16), "{env}");
+        assert!(
+            env["blueprint_hash"]
+                .as_str()
+                .is_some_and(|h| h.len() == 16),
+            "{env}"
+        );
         let db = env["connection"]["database"].as_str().unwrap();
         assert_same(&schema_of(&app, db), &schema_of(&app, src), blueprint);
 
@@ -157,12 +203,27 @@ async fn a_real_pg_dump_loads_and_round_trips() {
             .await
             .unwrap()
             .get(0);
-        assert_eq!(foreign, 0, "{blueprint}: every relation belongs to the environment's role");
-        client.batch_execute("ALTER TABLE billing.invoices ADD COLUMN reviewed boolean").await.expect("ALTER a dumped table");
-        client.batch_execute("DROP VIEW IF EXISTS public.active_subscriptions CASCADE").await.expect("DROP a dumped view");
+        assert_eq!(
+            foreign, 0,
+            "{blueprint}: every relation belongs to the environment's role"
+        );
+        client
+            .batch_execute("ALTER TABLE billing.invoices ADD COLUMN reviewed boolean")
+            .await
+            .expect("ALTER a dumped table");
+        client
+            .batch_execute("DROP VIEW IF EXISTS public.active_subscriptions CASCADE")
+            .await
+            .expect("DROP a dumped view");
     }
     let env = app.get(&env_path("dump/dump_full")).await.1;
-    let client = connect(&app.cluster.postgres.admin_url(env["connection"]["database"].as_str().unwrap())).await.unwrap();
+    let client = connect(
+        &app.cluster
+            .postgres
+            .admin_url(env["connection"]["database"].as_str().unwrap()),
+    )
+    .await
+    .unwrap();
     let names: Vec<String> = client
         .query("SELECT name::text FROM public.customers ORDER BY name", &[])
         .await
@@ -170,13 +231,22 @@ async fn a_real_pg_dump_loads_and_round_trips() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(names, vec!["Ada; Lovelace".to_string(), "O'Brien\ttab".to_string()], "COPY data arrived intact");
+    assert_eq!(
+        names,
+        vec!["Ada; Lovelace".to_string(), "O'Brien\ttab".to_string()],
+        "COPY data arrived intact"
+    );
 
     // Ownership and grants for roles the target may lack are reported, not fatal.
     let (_, status) = app.get("/v1/blueprints/dump_schema").await;
     let warnings = status["targets"]["local"]["warnings"].as_array().unwrap();
     let warned = |what: &str| warnings.iter().any(|w| w.as_str().unwrap().contains(what));
-    assert!(warned("OWNER TO owner_elsewhere") && warned("GRANT SELECT ON TABLE") && warned("does not exist"), "{status}");
+    assert!(
+        warned("OWNER TO owner_elsewhere")
+            && warned("GRANT SELECT ON TABLE")
+            && warned("does not exist"),
+        "{status}"
+    );
     assert_eq!(status["targets"]["local"]["template"], "ready");
 }
 
@@ -211,10 +281,19 @@ async fn the_example_blueprint_is_handed_out_warm_and_owned_by_the_environment()
         .collect();
     assert_eq!(pooled.len(), 2);
 
-    let env = app.create(json!({ "key": "warm/1", "blueprint": "example" })).await;
+    let env = app
+        .create(json!({ "key": "warm/1", "blueprint": "example" }))
+        .await;
     let db = env["connection"]["database"].as_str().unwrap();
-    let oid: u32 = admin.query_one("SELECT oid FROM pg_database WHERE datname = $1", &[&db]).await.unwrap().get(0);
-    assert!(pooled.contains(&oid), "the environment is a database that was waiting in the pool");
+    let oid: u32 = admin
+        .query_one("SELECT oid FROM pg_database WHERE datname = $1", &[&db])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        pooled.contains(&oid),
+        "the environment is a database that was waiting in the pool"
+    );
 
     let client = connect(&uri(&env)).await.unwrap();
     let rows: i64 = client
@@ -227,22 +306,48 @@ async fn the_example_blueprint_is_handed_out_warm_and_owned_by_the_environment()
         .unwrap()
         .get(0);
     assert!(rows >= 10_000, "seeded: {rows} rows");
-    client.batch_execute("ALTER TABLE customers ADD COLUMN vip boolean").await.expect("ALTER a seeded table");
-    client.batch_execute("ALTER TABLE billing.payments DROP COLUMN IF EXISTS note").await.expect("ALTER a migrated table");
-    client.batch_execute("ALTER TYPE billing.invoice_status ADD VALUE 'disputed'").await.expect("ALTER a dumped type");
+    client
+        .batch_execute("ALTER TABLE customers ADD COLUMN vip boolean")
+        .await
+        .expect("ALTER a seeded table");
+    client
+        .batch_execute("ALTER TABLE billing.payments DROP COLUMN IF EXISTS note")
+        .await
+        .expect("ALTER a migrated table");
+    client
+        .batch_execute("ALTER TYPE billing.invoice_status ADD VALUE 'disputed'")
+        .await
+        .expect("ALTER a dumped type");
 
     // The application's own tool, run as the environment's role, sees V1–V4 as applied.
     let mut migrations: Vec<refinery::Migration> = std::fs::read_dir(seeds.join("app/migrations"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .map(|p| {
-            refinery::Migration::unapplied(p.file_stem().unwrap().to_str().unwrap(), &std::fs::read_to_string(&p).unwrap()).unwrap()
+            refinery::Migration::unapplied(
+                p.file_stem().unwrap().to_str().unwrap(),
+                &std::fs::read_to_string(&p).unwrap(),
+            )
+            .unwrap()
         })
         .collect();
-    migrations.push(refinery::Migration::unapplied("V5__add_invoice_reviewer", "ALTER TABLE billing.invoices ADD COLUMN reviewer text;").unwrap());
+    migrations.push(
+        refinery::Migration::unapplied(
+            "V5__add_invoice_reviewer",
+            "ALTER TABLE billing.invoices ADD COLUMN reviewer text;",
+        )
+        .unwrap(),
+    );
     let mut client = connect(&uri(&env)).await.unwrap();
-    let report = refinery::Runner::new(&migrations).run_async(&mut client).await.expect("refinery runs as the env role");
-    let applied: Vec<String> = report.applied_migrations().iter().map(|m| m.name().to_owned()).collect();
+    let report = refinery::Runner::new(&migrations)
+        .run_async(&mut client)
+        .await
+        .expect("refinery runs as the env role");
+    let applied: Vec<String> = report
+        .applied_migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
     assert_eq!(applied, vec!["add_invoice_reviewer".to_string()]);
 
     // The pool refills behind the hand-out.
@@ -261,7 +366,9 @@ async fn the_example_blueprint_is_handed_out_warm_and_owned_by_the_environment()
     let path = env_path("warm/1");
     let (status, _) = app.post(&format!("{path}/reset"), json!({})).await;
     assert_eq!(status, StatusCode::OK);
-    let client = connect(&uri(&env)).await.expect("same password after reset");
+    let client = connect(&uri(&env))
+        .await
+        .expect("same password after reset");
     let reviewer: i64 = client
         .query_one("SELECT count(*) FROM information_schema.columns WHERE table_name = 'invoices' AND column_name = 'reviewer'", &[])
         .await
@@ -273,7 +380,11 @@ async fn the_example_blueprint_is_handed_out_warm_and_owned_by_the_environment()
         .await;
     assert_eq!(status, StatusCode::OK, "{migrated}");
     assert_eq!(migrated["applied"], 1);
-    let n: i64 = client.query_one("SELECT count(*) FROM billing.invoices", &[]).await.unwrap().get(0);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM billing.invoices", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 6000, "data kept");
     let owner: String = client
         .query_one("SELECT tableowner::text FROM pg_tables WHERE tablename = 'invoices' AND schemaname = 'billing'", &[])
@@ -282,7 +393,10 @@ async fn the_example_blueprint_is_handed_out_warm_and_owned_by_the_environment()
         .get(0);
     assert_eq!(owner, env["connection"]["user"].as_str().unwrap());
     let versions: Vec<i32> = client
-        .query("SELECT version FROM refinery_schema_history ORDER BY version", &[])
+        .query(
+            "SELECT version FROM refinery_schema_history ORDER BY version",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -304,13 +418,25 @@ async fn sqlx_and_plain_formats_are_recorded_as_their_tools_record_them() {
     write_files(
         &dir.path().join("sqlx"),
         &[
-            ("20240101000000_init.sql", "CREATE TABLE accounts (id bigserial PRIMARY KEY, name text NOT NULL);"),
-            ("20240102000000_index.sql", "-- no-transaction\nCREATE INDEX CONCURRENTLY accounts_name ON accounts (name);"),
+            (
+                "20240101000000_init.sql",
+                "CREATE TABLE accounts (id bigserial PRIMARY KEY, name text NOT NULL);",
+            ),
+            (
+                "20240102000000_index.sql",
+                "-- no-transaction\nCREATE INDEX CONCURRENTLY accounts_name ON accounts (name);",
+            ),
         ],
     );
     write_files(
         &dir.path().join("plain"),
-        &[("001_init.sql", "CREATE TABLE notes (id int PRIMARY KEY, body text);"), ("002_seed.sql", "INSERT INTO notes VALUES (1, 'a;b');")],
+        &[
+            (
+                "001_init.sql",
+                "CREATE TABLE notes (id int PRIMARY KEY, body text);",
+            ),
+            ("002_seed.sql", "INSERT INTO notes VALUES (1, 'a;b');"),
+        ],
     );
     let app = app_with_blueprints(
         dir.path(),
@@ -332,17 +458,50 @@ async fn sqlx_and_plain_formats_are_recorded_as_their_tools_record_them() {
     write_files(
         &app_dir,
         &[
-            ("20240101000000_init.sql", "CREATE TABLE accounts (id bigserial PRIMARY KEY, name text NOT NULL);"),
-            ("20240102000000_index.sql", "-- no-transaction\nCREATE INDEX CONCURRENTLY accounts_name ON accounts (name);"),
-            ("20240103000000_pr.sql", "ALTER TABLE accounts ADD COLUMN email text;"),
-            ("20240104000000_next.sql", "ALTER TABLE accounts ADD COLUMN active boolean NOT NULL DEFAULT true;"),
+            (
+                "20240101000000_init.sql",
+                "CREATE TABLE accounts (id bigserial PRIMARY KEY, name text NOT NULL);",
+            ),
+            (
+                "20240102000000_index.sql",
+                "-- no-transaction\nCREATE INDEX CONCURRENTLY accounts_name ON accounts (name);",
+            ),
+            (
+                "20240103000000_pr.sql",
+                "ALTER TABLE accounts ADD COLUMN email text;",
+            ),
+            (
+                "20240104000000_next.sql",
+                "ALTER TABLE accounts ADD COLUMN active boolean NOT NULL DEFAULT true;",
+            ),
         ],
     );
-    let migrator = sqlx::migrate::Migrator::new(app_dir.as_path()).await.unwrap();
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&uri(&env)).await.unwrap();
-    migrator.run(&pool).await.expect("sqlx sees the earlier migrations as applied");
-    let rows: Vec<(i64, bool)> = sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version").fetch_all(&pool).await.unwrap();
-    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![20240101000000, 20240102000000, 20240103000000, 20240104000000]);
+    let migrator = sqlx::migrate::Migrator::new(app_dir.as_path())
+        .await
+        .unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&uri(&env))
+        .await
+        .unwrap();
+    migrator
+        .run(&pool)
+        .await
+        .expect("sqlx sees the earlier migrations as applied");
+    let rows: Vec<(i64, bool)> =
+        sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![
+            20240101000000,
+            20240102000000,
+            20240103000000,
+            20240104000000
+        ]
+    );
     assert!(rows.iter().all(|r| r.1));
     pool.close().await;
 
@@ -358,14 +517,22 @@ async fn sqlx_and_plain_formats_are_recorded_as_their_tools_record_them() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(names, vec!["001_init.sql", "002_seed.sql", "003_pr.sql"]);
-    let body: String = client.query_one("SELECT body FROM notes", &[]).await.unwrap().get(0);
+    let body: String = client
+        .query_one("SELECT body FROM notes", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(body, "a;b");
 
     // A migration name that does not fit the format is refused before anything is made.
     let (status, p) = app
         .post("/v1/environments", json!({ "key": "sqlx/bad-name", "blueprint": "with_sqlx", "migrations": [{ "name": "V9__x.sql", "sql": "SELECT 1;" }] }))
         .await;
-    assert_eq!((status, p["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_input")), "{p}");
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_input")),
+        "{p}"
+    );
 }
 
 async fn nothing_left(app: &TestApp, key_slug: &str, template_prefix: &str) {
@@ -391,9 +558,18 @@ async fn failures_name_file_line_and_server_message_and_leave_nothing() {
     );
     write_files(
         &dir.path().join("broken_mig"),
-        &[("V1__ok.sql", "CREATE TABLE t (id int);"), ("V2__bad.sql", "ALTER TABLE t ADD COLUMN x int;\nALTER TABLE t ADD COLUMN x int;\n")],
+        &[
+            ("V1__ok.sql", "CREATE TABLE t (id int);"),
+            (
+                "V2__bad.sql",
+                "ALTER TABLE t ADD COLUMN x int;\nALTER TABLE t ADD COLUMN x int;\n",
+            ),
+        ],
     );
-    write_files(&dir.path().join("good_mig"), &[("V1__ok.sql", "CREATE TABLE t (id int);")]);
+    write_files(
+        &dir.path().join("good_mig"),
+        &[("V1__ok.sql", "CREATE TABLE t (id int);")],
+    );
     let app = app_with_blueprints(
         dir.path(),
         &format!(
@@ -407,20 +583,44 @@ async fn failures_name_file_line_and_server_message_and_leave_nothing() {
     )
     .await;
 
-    let (status, p) = app.post("/v1/environments", json!({ "key": "broken/dump", "blueprint": "broken_dump" })).await;
-    assert_eq!((status, p["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("blueprint_failed")), "{p}");
+    let (status, p) = app
+        .post(
+            "/v1/environments",
+            json!({ "key": "broken/dump", "blueprint": "broken_dump" }),
+        )
+        .await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("blueprint_failed")),
+        "{p}"
+    );
     let detail = p["detail"].as_str().unwrap();
     // No error position for an unknown REFERENCES target: the statement's first line.
     assert!(detail.contains("schema.sql:3"), "file and line: {detail}");
     assert!(detail.contains("CREATE TABLE b"), "statement: {detail}");
-    assert!(detail.contains("relation \"nowhere\" does not exist"), "server message: {detail}");
+    assert!(
+        detail.contains("relation \"nowhere\" does not exist"),
+        "server message: {detail}"
+    );
     nothing_left(&app, "broken_dump", "pdb_tpl_broken_dump_").await;
 
-    let (status, p) = app.post("/v1/environments", json!({ "key": "broken/mig", "blueprint": "broken_mig" })).await;
-    assert_eq!((status, p["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("blueprint_failed")), "{p}");
+    let (status, p) = app
+        .post(
+            "/v1/environments",
+            json!({ "key": "broken/mig", "blueprint": "broken_mig" }),
+        )
+        .await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("blueprint_failed")),
+        "{p}"
+    );
     let detail = p["detail"].as_str().unwrap();
     assert!(detail.contains("V2__bad.sql:2"), "{detail}");
-    assert!(detail.contains("column \"x\" of relation \"t\" already exists"), "{detail}");
+    assert!(
+        detail.contains("column \"x\" of relation \"t\" already exists"),
+        "{detail}"
+    );
     nothing_left(&app, "broken_mig", "pdb_tpl_broken_mig_").await;
 
     let (status, p) = app
@@ -430,9 +630,16 @@ async fn failures_name_file_line_and_server_message_and_leave_nothing() {
                     "migrations": [{ "name": "V2__pr.sql", "sql": "ALTER TABLE t ADD COLUMN y int;\nSELECT * FROM missing_table;\n" }] }),
         )
         .await;
-    assert_eq!((status, p["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("migration_failed")), "{p}");
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("migration_failed")),
+        "{p}"
+    );
     let detail = p["detail"].as_str().unwrap();
-    assert!(detail.contains("V2__pr.sql:2") && detail.contains("missing_table"), "{detail}");
+    assert!(
+        detail.contains("V2__pr.sql:2") && detail.contains("missing_table"),
+        "{detail}"
+    );
     nothing_left(&app, "broken_pr", "pdb_nothing_").await;
     let (_, rec) = app.get(&env_path("broken/pr")).await;
     assert_eq!(rec["state"], "failed", "{rec}");
@@ -446,30 +653,58 @@ async fn concurrent_first_requests_build_one_template() {
         &[("schema.sql", "CREATE TABLE built (at timestamptz, backend int);\nINSERT INTO built SELECT clock_timestamp(), pg_backend_pid();\nSELECT pg_sleep(0.5);\n")],
     );
     let app = std::sync::Arc::new(
-        app_with_blueprints(dir.path(), &format!("[blueprints.once]\nschema = {:?}\npool_size = 0\n", dir.path().join("once/schema.sql").display().to_string()))
-            .await,
+        app_with_blueprints(
+            dir.path(),
+            &format!(
+                "[blueprints.once]\nschema = {:?}\npool_size = 0\n",
+                dir.path().join("once/schema.sql").display().to_string()
+            ),
+        )
+        .await,
     );
     // A second replica on the same control store and target.
-    let other = std::sync::Arc::new(TestApp::spawn_with(app.cluster.clone(), {
-        let mut c = app.cluster.config.clone();
-        c.merge_file(&dir.path().join("blueprints.toml")).unwrap();
-        c
-    })
-    .await);
+    let other = std::sync::Arc::new(
+        TestApp::spawn_with(app.cluster.clone(), {
+            let mut c = app.cluster.config.clone();
+            c.merge_file(&dir.path().join("blueprints.toml")).unwrap();
+            c
+        })
+        .await,
+    );
     let (a, b) = tokio::join!(
-        app.post("/v1/environments", json!({ "key": "once/a", "blueprint": "once" })),
-        other.post("/v1/environments", json!({ "key": "once/b", "blueprint": "once" }))
+        app.post(
+            "/v1/environments",
+            json!({ "key": "once/a", "blueprint": "once" })
+        ),
+        other.post(
+            "/v1/environments",
+            json!({ "key": "once/b", "blueprint": "once" })
+        )
     );
     assert_eq!(a.0, StatusCode::CREATED, "{}", a.1);
     assert_eq!(b.0, StatusCode::CREATED, "{}", b.1);
     let built = |env: Value| async move {
         let c = connect(&uri(&env)).await.unwrap();
-        let r = c.query_one("SELECT at::text, backend FROM built", &[]).await.unwrap();
+        let r = c
+            .query_one("SELECT at::text, backend FROM built", &[])
+            .await
+            .unwrap();
         (r.get::<_, String>(0), r.get::<_, i32>(1))
     };
-    assert_eq!(built(a.1).await, built(b.1).await, "both were cloned from one build");
+    assert_eq!(
+        built(a.1).await,
+        built(b.1).await,
+        "both were cloned from one build"
+    );
     let admin = app.admin("postgres").await;
-    let n: i64 = admin.query_one("SELECT count(*) FROM pg_database WHERE datname LIKE 'pdb_tpl_once_%'", &[]).await.unwrap().get(0);
+    let n: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'pdb_tpl_once_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
     let t = admin
         .query_one("SELECT datistemplate, datallowconn FROM pg_database WHERE datname LIKE 'pdb_tpl_once_%'", &[])

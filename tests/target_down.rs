@@ -33,7 +33,9 @@ async fn target_down_answers_503_and_keeps_state() {
         }),
     );
     let app = TestApp::spawn_with(cluster.clone(), config.clone()).await;
-    let env = app.create(json!({ "key": "flaky/1", "target": "flaky" })).await;
+    let env = app
+        .create(json!({ "key": "flaky/1", "target": "flaky" }))
+        .await;
 
     flaky.stop();
 
@@ -62,11 +64,20 @@ async fn target_down_answers_503_and_keeps_state() {
     assert_eq!(still["id"], env["id"]);
     assert_eq!(still["state"], "deleting");
     let (_, targets) = app.get("/v1/targets").await;
-    let t = targets["items"].as_array().unwrap().iter().find(|t| t["name"] == "flaky").unwrap().clone();
+    let t = targets["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "flaky")
+        .unwrap()
+        .clone();
     assert_eq!(t["health"]["healthy"], false, "{t}");
 
     // The target comes back: the interrupted deletion completes, nothing is left on it.
-    let flaky = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data)).await.unwrap().unwrap();
+    let flaky = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data))
+        .await
+        .unwrap()
+        .unwrap();
     let mut config = config.clone();
     if let Some(TargetConfig::Postgres(t)) = config.targets.get_mut("flaky") {
         t.admin_url = flaky.admin_url("postgres");

@@ -53,8 +53,11 @@ impl std::fmt::Debug for Secret {
 }
 
 /// Everything but RFC 3986 unreserved characters is percent-encoded in URI parts.
-const URI_COMPONENT: &percent_encoding::AsciiSet =
-    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const URI_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// How a caller reaches an environment.
 #[derive(Debug, Clone)]
@@ -75,16 +78,32 @@ impl Connection {
     pub fn uri(&self, reveal: bool) -> String {
         use percent_encoding::utf8_percent_encode as enc;
         let user = enc(&self.user, URI_COMPONENT);
-        let userinfo = if reveal { format!("{user}:{}", enc(self.password.expose(), URI_COMPONENT)) } else { user.to_string() };
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        let mut uri = format!("postgresql://{userinfo}@{host}:{}/{}", self.port, enc(&self.database, URI_COMPONENT));
+        let userinfo = if reveal {
+            format!("{user}:{}", enc(self.password.expose(), URI_COMPONENT))
+        } else {
+            user.to_string()
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let mut uri = format!(
+            "postgresql://{userinfo}@{host}:{}/{}",
+            self.port,
+            enc(&self.database, URI_COMPONENT)
+        );
         let mut params = self.params.clone();
         if let Some(schema) = &self.schema {
             params.push(("options".into(), format!("-csearch_path={schema}")));
         }
         for (i, (k, v)) in params.iter().enumerate() {
             uri.push(if i == 0 { '?' } else { '&' });
-            uri.push_str(&format!("{}={}", enc(k, URI_COMPONENT), enc(v, URI_COMPONENT)));
+            uri.push_str(&format!(
+                "{}={}",
+                enc(k, URI_COMPONENT),
+                enc(v, URI_COMPONENT)
+            ));
         }
         uri
     }
@@ -104,7 +123,10 @@ pub struct TargetHealth {
 pub enum BackendError {
     /// The target cannot be reached right now; the caller may retry.
     #[error("target unavailable: {message}")]
-    Unavailable { message: String, retry_after: Option<Duration> },
+    Unavailable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// The target refuses because a limit was reached (e.g. Neon's branch limit).
     #[error("{message}")]
     LimitReached { message: String },
@@ -124,7 +146,9 @@ pub enum BackendError {
 
 impl BackendError {
     pub fn failed(message: impl Into<String>) -> Self {
-        Self::Failed { message: message.into() }
+        Self::Failed {
+            message: message.into(),
+        }
     }
 }
 
@@ -149,7 +173,11 @@ pub trait Backend: Send + Sync {
     /// Finishes a provision that an earlier process started and never recorded (it crashed).
     /// By default the leftovers are removed and the environment is made anew; backends that
     /// can find and adopt what was made (a Neon branch by name) do that instead.
-    async fn resume(&self, req: &ProvisionRequest, resources: &mut Resources) -> Result<Connection, BackendError> {
+    async fn resume(
+        &self,
+        req: &ProvisionRequest,
+        resources: &mut Resources,
+    ) -> Result<Connection, BackendError> {
         self.teardown(resources).await?;
         self.provision(req, resources).await
     }
@@ -158,7 +186,11 @@ pub trait Backend: Send + Sync {
     async fn teardown(&self, resources: &Resources) -> Result<(), BackendError>;
 
     /// Moves the credentials' expiry along with the environment's.
-    async fn extend(&self, resources: &Resources, expires_at: DateTime<Utc>) -> Result<(), BackendError>;
+    async fn extend(
+        &self,
+        resources: &Resources,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), BackendError>;
 
     /// Replaces the password; the old one stops working at once. Returns the new connection.
     async fn rotate_credentials(
@@ -168,7 +200,11 @@ pub trait Backend: Send + Sync {
     ) -> Result<Connection, BackendError>;
 
     /// Returns the environment's data to its starting point, keeping its credentials.
-    async fn reset(&self, resources: &Resources, blueprint: Option<&Blueprint>) -> Result<(), BackendError>;
+    async fn reset(
+        &self,
+        resources: &Resources,
+        blueprint: Option<&Blueprint>,
+    ) -> Result<(), BackendError>;
 
     async fn health(&self) -> TargetHealth;
 
@@ -193,7 +229,9 @@ pub trait Backend: Send + Sync {
         _blueprint: Option<&Blueprint>,
         _migrations: &[SourceFile],
     ) -> Result<usize, BackendError> {
-        Err(BackendError::Invalid { message: "this target does not apply migrations".into() })
+        Err(BackendError::Invalid {
+            message: "this target does not apply migrations".into(),
+        })
     }
 
     /// Drops templates and pooled databases of blueprint hashes not in `keep`.
@@ -232,7 +270,11 @@ pub fn object_name(key: &EnvKey, salt: &str) -> crate::domain::PgIdent {
     h.update(salt.as_bytes());
     let hash = hex::encode(&h.finalize()[..6]);
     let slug = key.slug(40);
-    let name = if slug.is_empty() { format!("pdb_{hash}") } else { format!("pdb_{slug}_{hash}") };
+    let name = if slug.is_empty() {
+        format!("pdb_{hash}")
+    } else {
+        format!("pdb_{slug}_{hash}")
+    };
     crate::domain::PgIdent::parse(&name).expect("generated names are valid identifiers")
 }
 
@@ -243,12 +285,20 @@ mod tests {
     #[test]
     fn object_names_are_safe_capped_and_distinct() {
         let a = EnvKey::parse("acme/web#123").unwrap();
-        let b = EnvKey::parse("acme/web#123 ").unwrap_or_else(|_| EnvKey::parse("acme/web/123").unwrap());
-        assert!(object_name(&a, "x").as_str().starts_with("pdb_acme_web_123_"));
+        let b = EnvKey::parse("acme/web#123 ")
+            .unwrap_or_else(|_| EnvKey::parse("acme/web/123").unwrap());
+        assert!(object_name(&a, "x")
+            .as_str()
+            .starts_with("pdb_acme_web_123_"));
         assert_ne!(object_name(&a, "x"), object_name(&b, "x"));
         assert_ne!(object_name(&a, "x"), object_name(&a, "y"));
         let long = EnvKey::parse(&"é".repeat(200)).unwrap();
         assert!(object_name(&long, "").as_str().len() < 63);
-        assert!(object_name(&EnvKey::parse(&"z".repeat(200)).unwrap(), "").as_str().len() < 63);
+        assert!(
+            object_name(&EnvKey::parse(&"z".repeat(200)).unwrap(), "")
+                .as_str()
+                .len()
+                < 63
+        );
     }
 }

@@ -22,7 +22,9 @@ impl EnvKey {
             return Err(err(&format!("must be at most {MAX_KEY_CHARS} characters")));
         }
         if raw.chars().any(char::is_control) {
-            return Err(err("must not contain control characters (newline, NUL, tab, …)"));
+            return Err(err(
+                "must not contain control characters (newline, NUL, tab, …)",
+            ));
         }
         if raw.trim() != raw {
             return Err(err("must not start or end with whitespace"));
@@ -39,7 +41,11 @@ impl EnvKey {
         let mut slug = String::with_capacity(max);
         for c in self.0.chars() {
             let c = c.to_ascii_lowercase();
-            let c = if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '_' };
+            let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '_'
+            };
             if c == '_' && (slug.is_empty() || slug.ends_with('_')) {
                 continue;
             }
@@ -64,7 +70,13 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_and_awkward_printable_keys() {
-        for k in ["acme/web#123", "it's; DROP TABLE x;--", "back\\slash", "café/日本#1", "\"q\""] {
+        for k in [
+            "acme/web#123",
+            "it's; DROP TABLE x;--",
+            "back\\slash",
+            "café/日本#1",
+            "\"q\"",
+        ] {
             assert!(EnvKey::parse(k).is_ok(), "{k}");
         }
     }

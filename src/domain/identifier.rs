@@ -23,7 +23,10 @@ impl PgIdent {
         if !(first.is_ascii_lowercase() || first == '_') {
             return Err(err("must start with a lowercase letter or underscore"));
         }
-        if !raw.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        if !raw
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
             return Err(err("may only contain a-z, 0-9 and _"));
         }
         Ok(Self(raw.to_owned()))

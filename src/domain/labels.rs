@@ -20,9 +20,12 @@ impl Labels {
         for (k, v) in &map {
             let name_ok = !k.is_empty()
                 && k.len() <= MAX_NAME
-                && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
             if !name_ok {
-                return Err(err(format!("label name {k:?} must be 1–{MAX_NAME} of [A-Za-z0-9-_./]")));
+                return Err(err(format!(
+                    "label name {k:?} must be 1–{MAX_NAME} of [A-Za-z0-9-_./]"
+                )));
             }
             if v.len() > MAX_VALUE || v.chars().any(char::is_control) {
                 return Err(err(format!(

@@ -30,7 +30,10 @@ impl Ttl {
                 _ => return Err(err()),
             };
             let n: u64 = digits.parse().map_err(|_| err())?;
-            total = n.checked_mul(unit).and_then(|s| total.checked_add(s)).ok_or_else(err)?;
+            total = n
+                .checked_mul(unit)
+                .and_then(|s| total.checked_add(s))
+                .ok_or_else(err)?;
             digits.clear();
         }
         if !digits.is_empty() || total == 0 {
@@ -77,7 +80,16 @@ mod tests {
         assert_eq!(Ttl::parse("48h").unwrap().as_duration().as_secs(), 172_800);
         assert_eq!(Ttl::parse("1h30m").unwrap().as_duration().as_secs(), 5400);
         assert_eq!(Ttl::parse("14d").unwrap().to_string(), "14d");
-        for bad in ["", "0h", "h", "12", "3x", "-1h", "1.5h", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "0h",
+            "h",
+            "12",
+            "3x",
+            "-1h",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
             assert!(Ttl::parse(bad).is_err(), "{bad}");
         }
     }

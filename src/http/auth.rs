@@ -37,17 +37,26 @@ impl FromRequestParts<AppState> for Caller {
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <token>`"))?;
         let digest = token_digest(token);
-        let found = state
-            .tokens
-            .iter()
-            .fold(None, |found, t| if constant_time_eq(&t.sha256, &digest) { Some(t) } else { found });
+        let found = state.tokens.iter().fold(None, |found, t| {
+            if constant_time_eq(&t.sha256, &digest) {
+                Some(t)
+            } else {
+                found
+            }
+        });
         let t = found.ok_or_else(|| ApiError::unauthorized("unknown token"))?;
-        Ok(Caller { name: t.name.clone(), scopes: t.scopes.clone() })
+        Ok(Caller {
+            name: t.name.clone(),
+            scopes: t.scopes.clone(),
+        })
     }
 }
 

@@ -20,27 +20,51 @@ fn describe(bp: &Blueprint, targets: Option<Vec<(String, BlueprintStatus)>>) -> 
         "pool_size": bp.pool_size,
     });
     if let Some(targets) = targets {
-        v["targets"] = targets.into_iter().map(|(name, status)| (name, json!(status))).collect::<serde_json::Map<_, _>>().into();
+        v["targets"] = targets
+            .into_iter()
+            .map(|(name, status)| (name, json!(status)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
     }
     v
 }
 
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
-    let items: Vec<Value> = state.envs.blueprints().map(|bp| describe(bp, None)).collect();
+    let items: Vec<Value> = state
+        .envs
+        .blueprints()
+        .map(|bp| describe(bp, None))
+        .collect();
     Ok(Json(json!({ "items": items })))
 }
 
-pub async fn get(State(state): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
     let targets = state.envs.blueprint_status(&name).await?;
-    let bp = state.envs.blueprints().find(|b| b.name.as_str() == name).ok_or_else(|| ApiError::not_found(name))?;
+    let bp = state
+        .envs
+        .blueprints()
+        .find(|b| b.name.as_str() == name)
+        .ok_or_else(|| ApiError::not_found(name))?;
     Ok(Json(describe(bp, Some(targets))))
 }
 
-pub async fn prepare(State(state): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn prepare(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Admin)?;
     let targets = state.envs.prepare_blueprint(&name).await?;
-    let bp = state.envs.blueprints().find(|b| b.name.as_str() == name).ok_or_else(|| ApiError::not_found(name))?;
+    let bp = state
+        .envs
+        .blueprints()
+        .find(|b| b.name.as_str() == name)
+        .ok_or_else(|| ApiError::not_found(name))?;
     Ok(Json(describe(bp, Some(targets))))
 }

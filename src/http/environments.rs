@@ -41,14 +41,25 @@ fn migration_files(body: Vec<MigrationBody>) -> Result<Vec<SourceFile>, ApiError
         .map(|m| {
             let plain = !m.name.is_empty()
                 && m.name.len() <= 200
-                && m.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+                && m.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
             if !plain {
-                return Err(ApiError::invalid(format!("migrations: {:?} must be 1–200 of [A-Za-z0-9._-]", m.name)));
+                return Err(ApiError::invalid(format!(
+                    "migrations: {:?} must be 1–200 of [A-Za-z0-9._-]",
+                    m.name
+                )));
             }
             if !names.insert(m.name.clone()) {
-                return Err(ApiError::invalid(format!("migrations: {:?} appears twice", m.name)));
+                return Err(ApiError::invalid(format!(
+                    "migrations: {:?} appears twice",
+                    m.name
+                )));
             }
-            Ok(SourceFile { name: m.name, text: m.sql })
+            Ok(SourceFile {
+                name: m.name,
+                text: m.sql,
+            })
         })
         .collect()
 }
@@ -58,14 +69,21 @@ impl CreateBody {
         let isolation = match self.isolation.as_deref() {
             None => None,
             Some(s) => Some(Isolation::parse(s).ok_or_else(|| {
-                ApiError::invalid(format!("isolation: {s:?} is not one of database, schema, branch"))
+                ApiError::invalid(format!(
+                    "isolation: {s:?} is not one of database, schema, branch"
+                ))
             })?),
         };
         Ok(CreateSpec {
             key: EnvKey::parse(&self.key).map_err(|e| ApiError::invalid(e.to_string()))?,
             target: self.target,
             isolation,
-            ttl: self.ttl.as_deref().map(Ttl::parse).transpose().map_err(|e| ApiError::invalid(e.to_string()))?,
+            ttl: self
+                .ttl
+                .as_deref()
+                .map(Ttl::parse)
+                .transpose()
+                .map_err(|e| ApiError::invalid(e.to_string()))?,
             labels: Labels::parse(self.labels).map_err(|e| ApiError::invalid(e.to_string()))?,
             blueprint: self.blueprint,
             migrations: migration_files(self.migrations)?,
@@ -139,7 +157,11 @@ impl From<Env> for EnvView {
 
 impl From<EnvRecord> for EnvView {
     fn from(record: EnvRecord) -> Self {
-        Env { record, password: None }.into()
+        Env {
+            record,
+            password: None,
+        }
+        .into()
     }
 }
 
@@ -150,7 +172,11 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<EnvView>), ApiError> {
     caller.require(Scope::Write)?;
     let (env, created) = state.envs.create(body.parse()?).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(env.into())))
 }
 
@@ -173,17 +199,31 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<ListView>, ApiError> {
     caller.require(Scope::Read)?;
-    let mut filter = ListFilter { key: q.key, target: q.target, ..Default::default() };
+    let mut filter = ListFilter {
+        key: q.key,
+        target: q.target,
+        ..Default::default()
+    };
     if let Some(s) = q.state {
-        filter.state = Some(State::parse(&s).ok_or_else(|| ApiError::invalid(format!("state: unknown state {s:?}")))?);
+        filter.state = Some(
+            State::parse(&s)
+                .ok_or_else(|| ApiError::invalid(format!("state: unknown state {s:?}")))?,
+        );
     }
     if let Some(sel) = q.label {
         for part in sel.split(',') {
-            let (k, v) = Labels::parse_selector(part).map_err(|e| ApiError::invalid(e.to_string()))?;
+            let (k, v) =
+                Labels::parse_selector(part).map_err(|e| ApiError::invalid(e.to_string()))?;
             filter.labels.insert(k, v);
         }
     }
-    let items = state.envs.list(&filter).await?.into_iter().map(EnvView::from).collect();
+    let items = state
+        .envs
+        .list(&filter)
+        .await?
+        .into_iter()
+        .map(EnvView::from)
+        .collect();
     Ok(Json(ListView { items }))
 }
 
@@ -235,7 +275,9 @@ pub async fn rotate_credentials(
     Path(reference): Path<String>,
 ) -> Result<Json<EnvView>, ApiError> {
     caller.require(Scope::Write)?;
-    Ok(Json(state.envs.rotate_credentials(&reference).await?.into()))
+    Ok(Json(
+        state.envs.rotate_credentials(&reference).await?.into(),
+    ))
 }
 
 pub async fn reset(
@@ -269,5 +311,8 @@ pub async fn migrate(
     caller.require(Scope::Write)?;
     let files = migration_files(body.migrations)?;
     let (env, applied) = state.envs.migrate(&reference, files).await?;
-    Ok(Json(MigrateView { applied, environment: env.into() }))
+    Ok(Json(MigrateView {
+        applied,
+        environment: env.into(),
+    }))
 }

@@ -16,7 +16,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, code, detail: detail.into(), retry_after: None }
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            retry_after: None,
+        }
     }
 
     pub fn unauthorized(detail: &str) -> Self {
@@ -43,7 +48,10 @@ impl IntoResponse for ApiError {
         });
         let mut res = (self.status, body.to_string()).into_response();
         let headers = res.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -63,13 +71,22 @@ impl From<ServiceError> for ApiError {
             ServiceError::Conflict(m) => ApiError::new(S::CONFLICT, "settings_conflict", m),
             ServiceError::NotReady(m) => ApiError::new(S::CONFLICT, "not_ready", m),
             ServiceError::AtCapacity(m) => ApiError::new(S::TOO_MANY_REQUESTS, "limit_reached", m),
-            ServiceError::Unavailable { message, retry_after } => ApiError {
+            ServiceError::Unavailable {
+                message,
+                retry_after,
+            } => ApiError {
                 retry_after: Some(retry_after.as_secs().max(1)),
                 ..ApiError::new(S::SERVICE_UNAVAILABLE, "unavailable", message)
             },
-            ServiceError::ProvisioningFailed(m) => ApiError::new(S::BAD_GATEWAY, "provisioning_failed", m),
-            ServiceError::BlueprintFailed(m) => ApiError::new(S::UNPROCESSABLE_ENTITY, "blueprint_failed", m),
-            ServiceError::MigrationFailed(m) => ApiError::new(S::UNPROCESSABLE_ENTITY, "migration_failed", m),
+            ServiceError::ProvisioningFailed(m) => {
+                ApiError::new(S::BAD_GATEWAY, "provisioning_failed", m)
+            }
+            ServiceError::BlueprintFailed(m) => {
+                ApiError::new(S::UNPROCESSABLE_ENTITY, "blueprint_failed", m)
+            }
+            ServiceError::MigrationFailed(m) => {
+                ApiError::new(S::UNPROCESSABLE_ENTITY, "migration_failed", m)
+            }
             ServiceError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 ApiError::new(S::INTERNAL_SERVER_ERROR, "internal", m)
@@ -84,7 +101,9 @@ impl From<JsonRejection> for ApiError {
         let (status, code) = match &r {
             JsonRejection::JsonSyntaxError(_) => (S::BAD_REQUEST, "malformed_json"),
             JsonRejection::JsonDataError(_) => (S::UNPROCESSABLE_ENTITY, "invalid_body"),
-            JsonRejection::MissingJsonContentType(_) => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            JsonRejection::MissingJsonContentType(_) => {
+                (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             _ if r.status() == S::PAYLOAD_TOO_LARGE => (S::PAYLOAD_TOO_LARGE, "body_too_large"),
             _ => (r.status(), "bad_request"),
         };

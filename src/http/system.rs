@@ -17,16 +17,27 @@ pub async fn healthz() -> Json<Value> {
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     match state.envs.store().ping().await {
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "error": e.to_string() }))),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "error": e.to_string() })),
+        ),
     }
 }
 
-pub async fn targets(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+pub async fn targets(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
     let mut items = vec![];
     for t in state.envs.targets() {
         let health = t.backend.health().await;
-        let live = state.envs.store().count_live(&t.name).await.map_err(crate::environments::ServiceError::from)?;
+        let live = state
+            .envs
+            .store()
+            .count_live(&t.name)
+            .await
+            .map_err(crate::environments::ServiceError::from)?;
         items.push(json!({
             "name": t.name,
             "kind": t.kind,
@@ -39,7 +50,10 @@ pub async fn targets(State(state): State<AppState>, caller: Caller) -> Result<Js
     Ok(Json(json!({ "items": items })))
 }
 
-pub async fn sweep(State(state): State<AppState>, caller: Caller) -> Result<Json<SweepReport>, ApiError> {
+pub async fn sweep(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<SweepReport>, ApiError> {
     caller.require(Scope::Delete)?;
     Ok(Json(state.envs.sweep().await?))
 }

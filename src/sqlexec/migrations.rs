@@ -45,18 +45,27 @@ impl Session {
         if let Some(pw) = c.get_password() {
             opts = opts.password(&String::from_utf8_lossy(pw));
         }
-        sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_with(opts).await
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
     }
 }
 
 /// Applies the not-yet-applied files of `files` (all of a blueprint's migrations followed by
 /// any new ones) in `format`; earlier ones must match what was recorded. Returns how many ran.
-pub async fn apply(format: MigrationFormat, session: &Session, files: &[SourceFile]) -> Result<usize, ScriptError> {
+pub async fn apply(
+    format: MigrationFormat,
+    session: &Session,
+    files: &[SourceFile],
+) -> Result<usize, ScriptError> {
     if files.is_empty() {
         return Ok(0);
     }
     for f in files {
-        format.check_name(&f.name).map_err(|m| ScriptError::local(&f.name, 0, "", m))?;
+        format
+            .check_name(&f.name)
+            .map_err(|m| ScriptError::local(&f.name, 0, "", m))?;
     }
     match format {
         MigrationFormat::Refinery => apply_refinery(session, files).await,
@@ -73,12 +82,18 @@ async fn apply_refinery(session: &Session, files: &[SourceFile]) -> Result<usize
                 .map_err(|e| ScriptError::local(&f.name, 0, "", e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut client = session.connect().await.map_err(|e| ScriptError::local("(connection)", 0, "", e.to_string()))?;
-    let runner = refinery::Runner::new(&migrations).set_abort_missing(false).set_abort_divergent(true);
+    let mut client = session
+        .connect()
+        .await
+        .map_err(|e| ScriptError::local("(connection)", 0, "", e.to_string()))?;
+    let runner = refinery::Runner::new(&migrations)
+        .set_abort_missing(false)
+        .set_abort_divergent(true);
     match runner.run_async(&mut client).await {
         Ok(report) => Ok(report.applied_migrations().len()),
         Err(e) => {
-            let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<tokio_postgres::Error>());
+            let source = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<tokio_postgres::Error>());
             // refinery runs only unapplied migrations, in order; the failing one is the first of
             // those it did not report as applied.
             let failing = failing_file(&mut client, files).await;
@@ -87,15 +102,26 @@ async fn apply_refinery(session: &Session, files: &[SourceFile]) -> Result<usize
                     Some(precise) => precise,
                     None => ScriptError::server(&f.name, 1, &f.text, err),
                 },
-                (_, f) => ScriptError::local(f.map_or("(migrations)", |f| f.name.as_str()), 0, "", e.to_string()),
+                (_, f) => ScriptError::local(
+                    f.map_or("(migrations)", |f| f.name.as_str()),
+                    0,
+                    "",
+                    e.to_string(),
+                ),
             })
         }
     }
 }
 
 /// The first file refinery has not recorded.
-async fn failing_file<'a>(client: &mut tokio_postgres::Client, files: &'a [SourceFile]) -> Option<&'a SourceFile> {
-    let rows = client.query("SELECT name FROM refinery_schema_history", &[]).await.ok()?;
+async fn failing_file<'a>(
+    client: &mut tokio_postgres::Client,
+    files: &'a [SourceFile],
+) -> Option<&'a SourceFile> {
+    let rows = client
+        .query("SELECT name FROM refinery_schema_history", &[])
+        .await
+        .ok()?;
     let recorded: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     files.iter().find(|f| {
         let stem = f.name.trim_end_matches(".sql");
@@ -106,15 +132,20 @@ async fn failing_file<'a>(client: &mut tokio_postgres::Client, files: &'a [Sourc
 
 async fn apply_sqlx(session: &Session, files: &[SourceFile]) -> Result<usize, ScriptError> {
     // sqlx's run-time Migrator reads a directory: hand it exactly these files.
-    let dir = tempfile::tempdir().map_err(|e| ScriptError::local("(migrations)", 0, "", e.to_string()))?;
+    let dir = tempfile::tempdir()
+        .map_err(|e| ScriptError::local("(migrations)", 0, "", e.to_string()))?;
     for f in files {
-        std::fs::write(dir.path().join(&f.name), &f.text).map_err(|e| ScriptError::local(&f.name, 0, "", e.to_string()))?;
+        std::fs::write(dir.path().join(&f.name), &f.text)
+            .map_err(|e| ScriptError::local(&f.name, 0, "", e.to_string()))?;
     }
     let mut migrator = sqlx::migrate::Migrator::new(dir.path())
         .await
         .map_err(|e| ScriptError::local("(migrations)", 0, "", e.to_string()))?;
     migrator.set_ignore_missing(true);
-    let pool = session.connect_sqlx().await.map_err(|e| ScriptError::local("(connection)", 0, "", e.to_string()))?;
+    let pool = session
+        .connect_sqlx()
+        .await
+        .map_err(|e| ScriptError::local("(connection)", 0, "", e.to_string()))?;
     let before = sqlx_applied(&pool).await;
     let outcome = migrator.run(&pool).await;
     let after = sqlx_applied(&pool).await;
@@ -122,16 +153,33 @@ async fn apply_sqlx(session: &Session, files: &[SourceFile]) -> Result<usize, Sc
     match outcome {
         Ok(()) => Ok(after.saturating_sub(before)),
         Err(sqlx::migrate::MigrateError::ExecuteMigration(err, version)) => {
-            let file = files.iter().find(|f| f.name.split_once('_').is_some_and(|(v, _)| v.parse() == Ok(version)));
+            let file = files.iter().find(|f| {
+                f.name
+                    .split_once('_')
+                    .is_some_and(|(v, _)| v.parse() == Ok(version))
+            });
             let name = file.map_or_else(|| version.to_string(), |f| f.name.clone());
-            match (err.as_database_error().and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()), file) {
-                (Some(_), Some(f)) if locate(session, f).await.is_some() => Err(locate(session, f).await.expect("just located")),
+            match (
+                err.as_database_error()
+                    .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()),
+                file,
+            ) {
+                (Some(_), Some(f)) if locate(session, f).await.is_some() => {
+                    Err(locate(session, f).await.expect("just located"))
+                }
                 (Some(db), Some(f)) => {
                     let pos = match db.position() {
                         Some(sqlx::postgres::PgErrorPosition::Original(p)) => Some(p),
                         _ => None,
                     };
-                    Err(from_server(f, db.code(), db.message(), db.detail(), db.hint(), pos))
+                    Err(from_server(
+                        f,
+                        db.code(),
+                        db.message(),
+                        db.detail(),
+                        db.hint(),
+                        pos,
+                    ))
                 }
                 _ => Err(ScriptError::local(&name, 0, "", err.to_string())),
             }
@@ -174,7 +222,10 @@ const PLAIN_HISTORY: &str = "CREATE TABLE IF NOT EXISTS previewdb_migrations (\
     name text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())";
 
 async fn apply_plain(session: &Session, files: &[SourceFile]) -> Result<usize, ScriptError> {
-    let client = session.connect().await.map_err(|e| ScriptError::local("(connection)", 0, "", e.to_string()))?;
+    let client = session
+        .connect()
+        .await
+        .map_err(|e| ScriptError::local("(connection)", 0, "", e.to_string()))?;
     client
         .batch_execute(PLAIN_HISTORY)
         .await
@@ -183,19 +234,28 @@ async fn apply_plain(session: &Session, files: &[SourceFile]) -> Result<usize, S
         .query("SELECT name, checksum FROM previewdb_migrations", &[])
         .await
         .map_err(|e| ScriptError::local("previewdb_migrations", 0, "", e.to_string()))?;
-    let recorded: std::collections::HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let recorded: std::collections::HashMap<String, String> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     let mut ran = 0;
     for f in files {
         let checksum = checksum(&f.text);
         match recorded.get(&f.name) {
             Some(c) if *c == checksum => continue,
             Some(_) => {
-                return Err(ScriptError::local(&f.name, 0, "", "was applied before with different contents".into()));
+                return Err(ScriptError::local(
+                    &f.name,
+                    0,
+                    "",
+                    "was applied before with different contents".into(),
+                ));
             }
             None => {}
         }
         // Each file runs on a connection of its own: scripts may change session settings.
-        let client = session.connect().await.map_err(|e| ScriptError::local(&f.name, 0, "", e.to_string()))?;
+        let client = session
+            .connect()
+            .await
+            .map_err(|e| ScriptError::local(&f.name, 0, "", e.to_string()))?;
         let mut script = Script::parse(&f.name, &f.text)?;
         let line = script.items.last().map_or(1, super::item_line);
         // Recorded in the same transaction as the migration itself.
@@ -232,7 +292,10 @@ fn from_server(
         Some(p) => {
             let before: String = f.text.chars().take(p.saturating_sub(1)).collect();
             let line = before.matches('\n').count() + 1;
-            (line, f.text.lines().nth(line - 1).unwrap_or("").trim().to_owned())
+            (
+                line,
+                f.text.lines().nth(line - 1).unwrap_or("").trim().to_owned(),
+            )
         }
         None => (0, String::new()),
     };

@@ -154,7 +154,12 @@ impl ScriptError {
     }
 
     /// An error the server (or the connection) reported for `sql`, which starts at `line`.
-    pub(crate) fn server(file: &str, line: usize, sql: &str, error: &tokio_postgres::Error) -> Self {
+    pub(crate) fn server(
+        file: &str,
+        line: usize,
+        sql: &str,
+        error: &tokio_postgres::Error,
+    ) -> Self {
         let Some(db) = error.as_db_error() else {
             return Self::local(file, line, sql, error.to_string());
         };

@@ -19,8 +19,14 @@ impl Sealer {
     pub fn seal(&self, env_id: Uuid, plaintext: &str) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let payload = Payload { msg: plaintext.as_bytes(), aad: env_id.as_bytes() };
-        let sealed = self.0.encrypt(XNonce::from_slice(&nonce), payload).expect("encryption cannot fail");
+        let payload = Payload {
+            msg: plaintext.as_bytes(),
+            aad: env_id.as_bytes(),
+        };
+        let sealed = self
+            .0
+            .encrypt(XNonce::from_slice(&nonce), payload)
+            .expect("encryption cannot fail");
         [nonce.as_slice(), &sealed].concat()
     }
 
@@ -29,7 +35,16 @@ impl Sealer {
             return None;
         }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
-        let plain = self.0.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: env_id.as_bytes() }).ok()?;
+        let plain = self
+            .0
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: env_id.as_bytes(),
+                },
+            )
+            .ok()?;
         String::from_utf8(plain).ok()
     }
 }

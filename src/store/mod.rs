@@ -47,7 +47,13 @@ pub fn connect_pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
         cfg.connect_timeout(Duration::from_secs(5));
     }
     cfg.application_name("previewdb");
-    let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let mgr = Manager::from_config(
+        cfg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
     Ok(Pool::builder(mgr)
         .max_size(max_size)
         .runtime(Runtime::Tokio1)
@@ -83,20 +89,25 @@ impl Store {
     /// Connects and brings the schema up to date (one replica at a time).
     pub async fn open(url: &str) -> anyhow::Result<Self> {
         let pool = connect_pool(url, 32)?;
-        let store = Self { pool, local_locks: Default::default() };
+        let store = Self {
+            pool,
+            local_locks: Default::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {
         let mut conn = self.pool.get().await?;
-        conn.execute("SELECT pg_advisory_lock($1)", &[&lock_id("migrations")]).await?;
+        conn.execute("SELECT pg_advisory_lock($1)", &[&lock_id("migrations")])
+            .await?;
         let client: &mut tokio_postgres::Client = &mut conn;
         let outcome = migrations::runner()
             .set_migration_table_name("previewdb_schema_history")
             .run_async(client)
             .await;
-        conn.execute("SELECT pg_advisory_unlock($1)", &[&lock_id("migrations")]).await?;
+        conn.execute("SELECT pg_advisory_unlock($1)", &[&lock_id("migrations")])
+            .await?;
         outcome?;
         Ok(())
     }
@@ -115,9 +126,13 @@ impl Store {
         let guard = local.lock_owned().await;
         let conn = self.pool.get().await?;
         conn.batch_execute("BEGIN").await?;
-        let mut lock = KeyLock { _local: guard, conn: Some(conn) };
+        let mut lock = KeyLock {
+            _local: guard,
+            conn: Some(conn),
+        };
         let conn = lock.conn.as_mut().expect("just set");
-        conn.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_id(key)]).await?;
+        conn.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_id(key)])
+            .await?;
         Ok(lock)
     }
 
@@ -127,12 +142,19 @@ impl Store {
             let mut map = self.local_locks.lock().unwrap();
             map.entry(key.to_owned()).or_default().clone()
         };
-        let Ok(guard) = local.try_lock_owned() else { return Ok(None) };
+        let Ok(guard) = local.try_lock_owned() else {
+            return Ok(None);
+        };
         let conn = self.pool.get().await?;
         conn.batch_execute("BEGIN").await?;
-        let mut lock = KeyLock { _local: guard, conn: Some(conn) };
+        let mut lock = KeyLock {
+            _local: guard,
+            conn: Some(conn),
+        };
         let conn = lock.conn.as_mut().expect("just set");
-        let row = conn.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&lock_id(key)]).await?;
+        let row = conn
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&lock_id(key)])
+            .await?;
         Ok(row.get::<_, bool>(0).then_some(lock))
     }
 
@@ -192,8 +214,11 @@ impl Store {
     }
 
     pub async fn mark_deleting(&self, id: Uuid) -> Result<()> {
-        self.exec("UPDATE environments SET state = 'deleting', updated_at = now() WHERE id = $1", &[&id])
-            .await
+        self.exec(
+            "UPDATE environments SET state = 'deleting', updated_at = now() WHERE id = $1",
+            &[&id],
+        )
+        .await
     }
 
     pub async fn mark_deleted(&self, id: Uuid) -> Result<()> {
@@ -206,16 +231,27 @@ impl Store {
     }
 
     pub async fn mark_cleaned(&self, id: Uuid) -> Result<()> {
-        self.exec("UPDATE environments SET teardown_pending = false, updated_at = now() WHERE id = $1", &[&id])
-            .await
+        self.exec(
+            "UPDATE environments SET teardown_pending = false, updated_at = now() WHERE id = $1",
+            &[&id],
+        )
+        .await
     }
 
     pub async fn set_expiry(&self, id: Uuid, expires_at: DateTime<Utc>) -> Result<()> {
-        self.exec("UPDATE environments SET expires_at = $2, updated_at = now() WHERE id = $1", &[&id, &expires_at])
-            .await
+        self.exec(
+            "UPDATE environments SET expires_at = $2, updated_at = now() WHERE id = $1",
+            &[&id, &expires_at],
+        )
+        .await
     }
 
-    pub async fn set_password(&self, id: Uuid, connection: &StoredConnection, sealed: &[u8]) -> Result<()> {
+    pub async fn set_password(
+        &self,
+        id: Uuid,
+        connection: &StoredConnection,
+        sealed: &[u8],
+    ) -> Result<()> {
         self.exec(
             "UPDATE environments SET connection = $2, password_sealed = $3, updated_at = now() WHERE id = $1",
             &[&id, &serde_json::to_value(connection).expect("connection serialises"), &sealed],
@@ -223,12 +259,20 @@ impl Store {
         .await
     }
 
-    async fn exec(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<()> {
+    async fn exec(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<()> {
         self.pool.get().await?.execute(sql, params).await?;
         Ok(())
     }
 
-    async fn query(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Vec<EnvRecord>> {
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<EnvRecord>> {
         let rows = self.pool.get().await?.query(sql, params).await?;
         Ok(rows.iter().map(EnvRecord::from_row).collect())
     }
@@ -263,7 +307,11 @@ impl Store {
              ORDER BY created_at DESC LIMIT 1000"
         );
         let labels = serde_json::to_value(&f.labels).expect("labels serialise");
-        self.query(&sql, &[&f.key, &f.target, &f.state.map(State::as_str), &labels]).await
+        self.query(
+            &sql,
+            &[&f.key, &f.target, &f.state.map(State::as_str), &labels],
+        )
+        .await
     }
 
     pub async fn count_live(&self, target: &str) -> Result<i64> {
@@ -297,7 +345,9 @@ impl Store {
 
     /// Ready environments whose time is up.
     pub async fn expired(&self, now: DateTime<Utc>) -> Result<Vec<EnvRecord>> {
-        let sql = format!("SELECT {COLUMNS} FROM environments WHERE state = 'ready' AND expires_at <= $1");
+        let sql = format!(
+            "SELECT {COLUMNS} FROM environments WHERE state = 'ready' AND expires_at <= $1"
+        );
         self.query(&sql, &[&now]).await
     }
 

@@ -29,9 +29,15 @@ impl State {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [State::Provisioning, State::Ready, State::Deleting, State::Deleted, State::Failed]
-            .into_iter()
-            .find(|st| st.as_str() == s)
+        [
+            State::Provisioning,
+            State::Ready,
+            State::Deleting,
+            State::Deleted,
+            State::Failed,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
     }
 }
 
@@ -127,7 +133,10 @@ impl EnvRecord {
     }
 
     pub fn is_live(&self) -> bool {
-        matches!(self.state, State::Provisioning | State::Ready | State::Deleting)
+        matches!(
+            self.state,
+            State::Provisioning | State::Ready | State::Deleting
+        )
     }
 }
 

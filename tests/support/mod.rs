@@ -27,7 +27,10 @@ static CLUSTER: OnceCell<Arc<Cluster>> = OnceCell::const_new();
 /// A world-traversable temporary directory: when tests run as root the server runs as an
 /// unprivileged user that must reach its data directory.
 pub fn temp_dir() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new().prefix("previewdb-test-").tempdir().expect("tempdir");
+    let dir = tempfile::Builder::new()
+        .prefix("previewdb-test-")
+        .tempdir()
+        .expect("tempdir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     dir
 }
@@ -49,7 +52,11 @@ pub async fn cluster() -> Arc<Cluster> {
                 ("reader", READ_TOKEN, vec![Scope::Read]),
                 ("writer", WRITE_TOKEN, vec![Scope::Read, Scope::Write]),
             ] {
-                config.tokens.push(ApiToken { name: name.into(), sha256: token_digest(token), scopes });
+                config.tokens.push(ApiToken {
+                    name: name.into(),
+                    sha256: token_digest(token),
+                    scopes,
+                });
             }
             // Tests that want blueprints configure their own.
             config.blueprints.clear();
@@ -57,7 +64,11 @@ pub async fn cluster() -> Arc<Cluster> {
             // A second name for the same cluster, to ask for "other settings".
             let local = config.targets["local"].clone();
             config.targets.insert("other".into(), local);
-            Arc::new(Cluster { postgres: setup.postgres, config, _dir: dir })
+            Arc::new(Cluster {
+                postgres: setup.postgres,
+                config,
+                _dir: dir,
+            })
         })
         .await
         .clone()
@@ -77,14 +88,27 @@ impl TestApp {
     }
 
     pub async fn spawn_with(cluster: Arc<Cluster>, config: Config) -> TestApp {
-        let app = Application::build(&config).await.expect("application builds");
+        let app = Application::build(&config)
+            .await
+            .expect("application builds");
         let base = format!("http://127.0.0.1:{}", app.port());
         let envs = app.environments();
         tokio::spawn(app.run_until(std::future::pending()));
-        TestApp { base, http: reqwest::Client::new(), cluster, app: envs }
+        TestApp {
+            base,
+            http: reqwest::Client::new(),
+            cluster,
+            app: envs,
+        }
     }
 
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -95,11 +119,15 @@ impl TestApp {
         let res = req.send().await.expect("request sent");
         let status = res.status();
         let text = res.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, Some(ADMIN_TOKEN), Some(body)).await
+        self.call(Method::POST, path, Some(ADMIN_TOKEN), Some(body))
+            .await
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -107,7 +135,8 @@ impl TestApp {
     }
 
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::DELETE, path, Some(ADMIN_TOKEN), None).await
+        self.call(Method::DELETE, path, Some(ADMIN_TOKEN), None)
+            .await
     }
 
     /// Creates an environment and insists on success.
@@ -119,12 +148,17 @@ impl TestApp {
 
     /// A superuser session on `database`, over the cluster's private socket.
     pub async fn admin(&self, database: &str) -> tokio_postgres::Client {
-        connect(&self.cluster.postgres.admin_url(database)).await.expect("admin connection")
+        connect(&self.cluster.postgres.admin_url(database))
+            .await
+            .expect("admin connection")
     }
 }
 
 pub fn env_path(reference: &str) -> String {
-    format!("/v1/environments/{}", percent_encoding::utf8_percent_encode(reference, percent_encoding::NON_ALPHANUMERIC))
+    format!(
+        "/v1/environments/{}",
+        percent_encoding::utf8_percent_encode(reference, percent_encoding::NON_ALPHANUMERIC)
+    )
 }
 
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
@@ -136,7 +170,10 @@ pub async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres
 }
 
 pub fn uri(env: &Value) -> String {
-    env["connection"]["uri"].as_str().expect("connection uri").to_owned()
+    env["connection"]["uri"]
+        .as_str()
+        .expect("connection uri")
+        .to_owned()
 }
 
 /// The handed-out URI pointed at another database, with the same credentials.
@@ -153,5 +190,7 @@ pub fn uri_for_database(env: &Value, database: &str) -> String {
 }
 
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map(|d| d.code().code().to_owned()).unwrap_or_else(|| format!("no db error: {e}"))
+    e.as_db_error()
+        .map(|d| d.code().code().to_owned())
+        .unwrap_or_else(|| format!("no db error: {e}"))
 }

@@ -642,7 +642,11 @@ impl Backend for NeonBackend {
         Ok(self.connection(host, role, password))
     }
 
-    async fn reset(&self, resources: &Resources, _blueprint: Option<&crate::blueprint::Blueprint>) -> Result<(), BackendError> {
+    async fn reset(
+        &self,
+        resources: &Resources,
+        _blueprint: Option<&crate::blueprint::Blueprint>,
+    ) -> Result<(), BackendError> {
         let (branch_id, _, _) = self.live(resources)?;
         let dl = self.deadline();
         let parent = match resource(resources, "parent_id") {

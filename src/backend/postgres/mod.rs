@@ -5,8 +5,8 @@ mod pool;
 mod template;
 
 use super::{
-    object_name, resource, Backend, BackendError, BlueprintStatus, Connection, ProvisionRequest, Resources, Secret,
-    TargetHealth,
+    object_name, resource, Backend, BackendError, BlueprintStatus, Connection, ProvisionRequest,
+    Resources, Secret, TargetHealth,
 };
 use crate::blueprint::{Blueprint, MigrationFormat, SourceFile};
 use crate::configuration::PostgresTargetConfig;
@@ -90,7 +90,9 @@ impl PostgresBackend {
             let sql = format!("REVOKE CONNECT ON DATABASE {} FROM PUBLIC", quote(&name));
             match conn.batch_execute(&sql).await {
                 Ok(()) => revoked.push(name),
-                Err(e) => tracing::warn!(database = %name, error = %e, "could not revoke PUBLIC CONNECT"),
+                Err(e) => {
+                    tracing::warn!(database = %name, error = %e, "could not revoke PUBLIC CONNECT")
+                }
             }
         }
         Ok(revoked)
@@ -99,10 +101,13 @@ impl PostgresBackend {
 
 impl Inner {
     async fn admin(&self) -> Result<deadpool_postgres::Object, BackendError> {
-        self.admin.get().await.map_err(|e| BackendError::Unavailable {
-            message: format!("cannot reach the target's admin connection: {e}"),
-            retry_after: Some(Duration::from_secs(5)),
-        })
+        self.admin
+            .get()
+            .await
+            .map_err(|e| BackendError::Unavailable {
+                message: format!("cannot reach the target's admin connection: {e}"),
+                retry_after: Some(Duration::from_secs(5)),
+            })
     }
 
     async fn server(&self) -> Result<ServerInfo, BackendError> {
@@ -118,7 +123,10 @@ impl Inner {
                     )
                     .await
                     .map_err(db_err)?;
-                Ok(ServerInfo { major: row.get::<_, i32>(0) as u32, superuser: row.get(1) })
+                Ok(ServerInfo {
+                    major: row.get::<_, i32>(0) as u32,
+                    superuser: row.get(1),
+                })
             })
             .await
             .copied()
@@ -133,7 +141,11 @@ impl Inner {
 
     /// A dedicated admin connection to `database`, closed when dropped.
     async fn connect_db(&self, database: &str) -> Result<tokio_postgres::Client, BackendError> {
-        let (client, conn) = self.db_config(database).connect(tokio_postgres::NoTls).await.map_err(db_err)?;
+        let (client, conn) = self
+            .db_config(database)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(db_err)?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -166,11 +178,17 @@ impl Inner {
     }
 
     /// A non-superuser admin must be a member of a role to create databases it owns.
-    async fn grant_membership(&self, conn: &tokio_postgres::Client, role: &PgIdent) -> Result<(), BackendError> {
+    async fn grant_membership(
+        &self,
+        conn: &tokio_postgres::Client,
+        role: &PgIdent,
+    ) -> Result<(), BackendError> {
         if self.server().await?.superuser {
             return Ok(());
         }
-        conn.batch_execute(&format!("GRANT {} TO CURRENT_USER", role.quoted())).await.map_err(db_err)
+        conn.batch_execute(&format!("GRANT {} TO CURRENT_USER", role.quoted()))
+            .await
+            .map_err(db_err)
     }
 
     /// Makes the role and its database from scratch: empty, or cloned from `template`.
@@ -184,14 +202,23 @@ impl Inner {
         let conn = self.admin().await?;
         let (password, attrs) = self.login_attributes(req.expires_at);
         let mark = escape_literal(&format!("{MARK_PREFIX}{}", req.id));
-        conn.batch_execute(&format!("CREATE ROLE {r} {attrs}; COMMENT ON ROLE {r} IS {mark};", r = role.quoted()))
-            .await
-            .map_err(db_err)?;
+        conn.batch_execute(&format!(
+            "CREATE ROLE {r} {attrs}; COMMENT ON ROLE {r} IS {mark};",
+            r = role.quoted()
+        ))
+        .await
+        .map_err(db_err)?;
         self.grant_membership(&conn, role).await?;
-        let from = template.map(|t| format!(" TEMPLATE {}", quote(&t.name))).unwrap_or_default();
-        conn.batch_execute(&format!("CREATE DATABASE {}{from} OWNER {}", db.quoted(), role.quoted()))
-            .await
-            .map_err(db_err)?;
+        let from = template
+            .map(|t| format!(" TEMPLATE {}", quote(&t.name)))
+            .unwrap_or_default();
+        conn.batch_execute(&format!(
+            "CREATE DATABASE {}{from} OWNER {}",
+            db.quoted(),
+            role.quoted()
+        ))
+        .await
+        .map_err(db_err)?;
         conn.batch_execute(&format!(
             "REVOKE ALL ON DATABASE {d} FROM PUBLIC; COMMENT ON DATABASE {d} IS {mark};",
             d = db.quoted()
@@ -209,7 +236,11 @@ impl Inner {
     async fn take_ownership(&self, db: &PgIdent, role: &PgIdent) -> Result<(), BackendError> {
         let client = self.connect_db(db.as_str()).await?;
         client
-            .batch_execute(&format!("REASSIGN OWNED BY {} TO {}", quote(template::BUILDER_ROLE), role.quoted()))
+            .batch_execute(&format!(
+                "REASSIGN OWNED BY {} TO {}",
+                quote(template::BUILDER_ROLE),
+                role.quoted()
+            ))
             .await
             .map_err(db_err)
     }
@@ -222,17 +253,28 @@ impl Inner {
         extra: &[SourceFile],
     ) -> Result<usize, BackendError> {
         let format = blueprint.map_or(MigrationFormat::Plain, |b| b.format);
-        let mut files: Vec<SourceFile> = blueprint.map(|b| b.migrations.clone()).unwrap_or_default();
+        let mut files: Vec<SourceFile> =
+            blueprint.map(|b| b.migrations.clone()).unwrap_or_default();
         files.extend_from_slice(extra);
-        let session = Session { config: self.db_config(db.as_str()), role: role.as_str().to_owned() };
+        let session = Session {
+            config: self.db_config(db.as_str()),
+            role: role.as_str().to_owned(),
+        };
         migrations::apply(format, &session, &files)
             .await
-            .map_err(|e| BackendError::Migration { message: e.to_string() })
+            .map_err(|e| BackendError::Migration {
+                message: e.to_string(),
+            })
     }
 
     /// Creates the environment's role and database: from the warm pool when it has one ready,
     /// else cloned (or empty) on demand; then the caller's migrations.
-    async fn make(self: &Arc<Self>, req: &ProvisionRequest, db: &PgIdent, role: &PgIdent) -> Result<Secret, BackendError> {
+    async fn make(
+        self: &Arc<Self>,
+        req: &ProvisionRequest,
+        db: &PgIdent,
+        role: &PgIdent,
+    ) -> Result<Secret, BackendError> {
         let password = match &req.blueprint {
             None => self.create_cold(req, None, db, role).await?,
             Some(bp) => {
@@ -246,7 +288,8 @@ impl Inner {
             }
         };
         if !req.migrations.is_empty() {
-            self.apply_migrations(db, role, req.blueprint.as_deref(), &req.migrations).await?;
+            self.apply_migrations(db, role, req.blueprint.as_deref(), &req.migrations)
+                .await?;
         }
         Ok(password)
     }
@@ -254,12 +297,17 @@ impl Inner {
     async fn teardown(&self, db: &PgIdent, role: &PgIdent) -> Result<(), BackendError> {
         let conn = self.admin().await?;
         let role_exists = conn
-            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role.as_str()])
+            .query_opt(
+                "SELECT 1 FROM pg_roles WHERE rolname = $1",
+                &[&role.as_str()],
+            )
             .await
             .map_err(db_err)?
             .is_some();
         if role_exists {
-            conn.batch_execute(&format!("ALTER ROLE {} NOLOGIN", role.quoted())).await.map_err(db_err)?;
+            conn.batch_execute(&format!("ALTER ROLE {} NOLOGIN", role.quoted()))
+                .await
+                .map_err(db_err)?;
         }
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -268,11 +316,16 @@ impl Inner {
         )
         .await
         .map_err(db_err)?;
-        conn.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.quoted()))
-            .await
-            .map_err(db_err)?;
+        conn.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            db.quoted()
+        ))
+        .await
+        .map_err(db_err)?;
         if role_exists {
-            conn.batch_execute(&format!("DROP ROLE IF EXISTS {}", role.quoted())).await.map_err(db_err)?;
+            conn.batch_execute(&format!("DROP ROLE IF EXISTS {}", role.quoted()))
+                .await
+                .map_err(db_err)?;
         }
         Ok(())
     }
@@ -282,7 +335,9 @@ fn names(resources: &Resources) -> Result<(PgIdent, PgIdent), BackendError> {
     let get = |k: &str| {
         resource(resources, k)
             .and_then(|n| PgIdent::parse(n).ok())
-            .ok_or_else(|| BackendError::failed(format!("environment record lacks a valid `{k}` name")))
+            .ok_or_else(|| {
+                BackendError::failed(format!("environment record lacks a valid `{k}` name"))
+            })
     };
     Ok((get("database")?, get("role")?))
 }
@@ -296,7 +351,10 @@ impl Backend for PostgresBackend {
     fn plan(&self, req: &ProvisionRequest) -> Result<Resources, BackendError> {
         if req.isolation != Isolation::Database {
             return Err(BackendError::Invalid {
-                message: format!("isolation {:?} is not offered by this target", req.isolation.as_str()),
+                message: format!(
+                    "isolation {:?} is not offered by this target",
+                    req.isolation.as_str()
+                ),
             });
         }
         // Database and role share one name: `sameuser` rules in pg_hba.conf can then pin each
@@ -308,7 +366,11 @@ impl Backend for PostgresBackend {
         Ok(r)
     }
 
-    async fn provision(&self, req: &ProvisionRequest, resources: &mut Resources) -> Result<Connection, BackendError> {
+    async fn provision(
+        &self,
+        req: &ProvisionRequest,
+        resources: &mut Resources,
+    ) -> Result<Connection, BackendError> {
         let inner = &self.inner;
         let (db, role) = names(resources)?;
         match inner.make(req, &db, &role).await {
@@ -327,21 +389,47 @@ impl Backend for PostgresBackend {
         self.inner.teardown(&db, &role).await
     }
 
-    async fn extend(&self, resources: &Resources, expires_at: DateTime<Utc>) -> Result<(), BackendError> {
+    async fn extend(
+        &self,
+        resources: &Resources,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), BackendError> {
         let (_, role) = names(resources)?;
-        let sql = format!("ALTER ROLE {} VALID UNTIL {}", role.quoted(), valid_until(expires_at));
-        self.inner.admin().await?.batch_execute(&sql).await.map_err(db_err)
+        let sql = format!(
+            "ALTER ROLE {} VALID UNTIL {}",
+            role.quoted(),
+            valid_until(expires_at)
+        );
+        self.inner
+            .admin()
+            .await?
+            .batch_execute(&sql)
+            .await
+            .map_err(db_err)
     }
 
-    async fn rotate_credentials(&self, resources: &Resources, expires_at: DateTime<Utc>) -> Result<Connection, BackendError> {
+    async fn rotate_credentials(
+        &self,
+        resources: &Resources,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Connection, BackendError> {
         let (db, role) = names(resources)?;
         let (password, attrs) = self.inner.login_attributes(expires_at);
         let sql = format!("ALTER ROLE {} {attrs}", role.quoted());
-        self.inner.admin().await?.batch_execute(&sql).await.map_err(db_err)?;
+        self.inner
+            .admin()
+            .await?
+            .batch_execute(&sql)
+            .await
+            .map_err(db_err)?;
         Ok(self.inner.connection(&db, &role, password))
     }
 
-    async fn reset(&self, resources: &Resources, blueprint: Option<&Blueprint>) -> Result<(), BackendError> {
+    async fn reset(
+        &self,
+        resources: &Resources,
+        blueprint: Option<&Blueprint>,
+    ) -> Result<(), BackendError> {
         let inner = &self.inner;
         let (db, role) = names(resources)?;
         let template = match blueprint {
@@ -350,17 +438,32 @@ impl Backend for PostgresBackend {
         };
         let conn = inner.admin().await?;
         let mark: Option<String> = conn
-            .query_opt("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1", &[&db.as_str()])
+            .query_opt(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+                &[&db.as_str()],
+            )
             .await
             .map_err(db_err)?
             .and_then(|r| r.get(0));
         let mark = mark.ok_or_else(|| BackendError::failed(format!("database {db} is missing")))?;
         // DROP and CREATE DATABASE cannot share a simple query (it would be one transaction).
-        conn.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.quoted())).await.map_err(db_err)?;
-        let from = template.as_ref().map(|t| format!(" TEMPLATE {}", quote(&t.name))).unwrap_or_default();
-        conn.batch_execute(&format!("CREATE DATABASE {}{from} OWNER {}", db.quoted(), role.quoted()))
-            .await
-            .map_err(db_err)?;
+        conn.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            db.quoted()
+        ))
+        .await
+        .map_err(db_err)?;
+        let from = template
+            .as_ref()
+            .map(|t| format!(" TEMPLATE {}", quote(&t.name)))
+            .unwrap_or_default();
+        conn.batch_execute(&format!(
+            "CREATE DATABASE {}{from} OWNER {}",
+            db.quoted(),
+            role.quoted()
+        ))
+        .await
+        .map_err(db_err)?;
         conn.batch_execute(&format!(
             "REVOKE ALL ON DATABASE {d} FROM PUBLIC; COMMENT ON DATABASE {d} IS {m};",
             d = db.quoted(),
@@ -377,13 +480,28 @@ impl Backend for PostgresBackend {
     async fn health(&self) -> TargetHealth {
         let probe = async {
             let conn = self.inner.admin().await?;
-            let row = conn.query_one("SHOW server_version", &[]).await.map_err(db_err)?;
+            let row = conn
+                .query_one("SHOW server_version", &[])
+                .await
+                .map_err(db_err)?;
             Ok::<String, BackendError>(row.get(0))
         };
         match tokio::time::timeout(Duration::from_secs(5), probe).await {
-            Ok(Ok(v)) => TargetHealth { healthy: true, server_version: Some(v), error: None },
-            Ok(Err(e)) => TargetHealth { healthy: false, server_version: None, error: Some(e.to_string()) },
-            Err(_) => TargetHealth { healthy: false, server_version: None, error: Some("timed out".into()) },
+            Ok(Ok(v)) => TargetHealth {
+                healthy: true,
+                server_version: Some(v),
+                error: None,
+            },
+            Ok(Err(e)) => TargetHealth {
+                healthy: false,
+                server_version: None,
+                error: Some(e.to_string()),
+            },
+            Err(_) => TargetHealth {
+                healthy: false,
+                server_version: None,
+                error: Some("timed out".into()),
+            },
         }
     }
 
@@ -402,7 +520,13 @@ impl Backend for PostgresBackend {
         let inner = &self.inner;
         let hash = match inner.server().await {
             Ok(s) => blueprint.hash_for(s.major),
-            Err(e) => return BlueprintStatus { template: "unknown".into(), error: Some(e.to_string()), ..Default::default() },
+            Err(e) => {
+                return BlueprintStatus {
+                    template: "unknown".into(),
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                }
+            }
         };
         let mut status = inner.templates.status(inner, blueprint, &hash).await;
         status.pool_ready = pool::ready_count(inner, blueprint, &hash).await;
@@ -417,7 +541,9 @@ impl Backend for PostgresBackend {
         migrations: &[SourceFile],
     ) -> Result<usize, BackendError> {
         let (db, role) = names(resources)?;
-        self.inner.apply_migrations(&db, &role, blueprint, migrations).await
+        self.inner
+            .apply_migrations(&db, &role, blueprint, migrations)
+            .await
     }
 
     async fn collect_garbage(&self, keep: &[String]) -> Result<Vec<String>, BackendError> {
@@ -451,6 +577,9 @@ pub(crate) fn db_err(e: tokio_postgres::Error) -> BackendError {
             }
             BackendError::Failed { message }
         }
-        None => BackendError::Unavailable { message: e.to_string(), retry_after: Some(Duration::from_secs(5)) },
+        None => BackendError::Unavailable {
+            message: e.to_string(),
+            retry_after: Some(Duration::from_secs(5)),
+        },
     }
 }

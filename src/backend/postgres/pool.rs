@@ -32,8 +32,11 @@ pub fn is_pool_mark(comment: &str) -> bool {
 
 /// A pool entry whose template hash is no longer wanted.
 pub fn is_stale(comment: &str, keep: &[String]) -> bool {
-    let rest = comment.strip_prefix(POOL_MARK).or_else(|| comment.strip_prefix(FILLING_MARK));
-    rest.and_then(|r| r.rsplit(':').next()).is_some_and(|hash| !keep.iter().any(|k| k == hash))
+    let rest = comment
+        .strip_prefix(POOL_MARK)
+        .or_else(|| comment.strip_prefix(FILLING_MARK));
+    rest.and_then(|r| r.rsplit(':').next())
+        .is_some_and(|hash| !keep.iter().any(|k| k == hash))
 }
 
 /// Takes a ready pool database for the environment, renaming it and its role to the
@@ -83,14 +86,19 @@ pub async fn claim(
 }
 
 pub async fn ready_count(inner: &Inner, bp: &Blueprint, hash: &str) -> usize {
-    count_marked(inner, &mark(POOL_MARK, bp, hash)).await.unwrap_or(0) as usize
+    count_marked(inner, &mark(POOL_MARK, bp, hash))
+        .await
+        .unwrap_or(0) as usize
 }
 
 async fn count_marked(inner: &Inner, mark: &str) -> Result<i64, BackendError> {
     let row = inner
         .admin()
         .await?
-        .query_one("SELECT count(*) FROM pg_database WHERE shobj_description(oid, 'pg_database') = $1", &[&mark])
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE shobj_description(oid, 'pg_database') = $1",
+            &[&mark],
+        )
         .await
         .map_err(db_err)?;
     Ok(row.get(0))
@@ -110,8 +118,20 @@ pub fn refill_in_background(inner: Arc<Inner>, bp: Arc<Blueprint>, tpl: Template
 /// Tops the pool of `bp` up to its size, retiring entries of older hashes. One filler per
 /// pool across replicas (an advisory lock): with `wait`, for the one at work to finish and
 /// then top up; without, leave the work to it.
-pub async fn fill(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo, wait: bool) -> Result<(), BackendError> {
-    let filler = inner.pool.fillers.lock().unwrap().entry(tpl.hash.clone()).or_default().clone();
+pub async fn fill(
+    inner: &Inner,
+    bp: &Blueprint,
+    tpl: &TemplateInfo,
+    wait: bool,
+) -> Result<(), BackendError> {
+    let filler = inner
+        .pool
+        .fillers
+        .lock()
+        .unwrap()
+        .entry(tpl.hash.clone())
+        .or_default()
+        .clone();
     let _local = match filler.try_lock() {
         Ok(guard) => guard,
         Err(_) if wait => filler.lock().await,
@@ -120,9 +140,15 @@ pub async fn fill(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo, wait: bool)
     let lock = inner.admin().await?;
     let key = lock_key(&tpl.hash);
     if wait {
-        lock.execute("SELECT pg_advisory_lock($1)", &[&key]).await.map_err(db_err)?;
+        lock.execute("SELECT pg_advisory_lock($1)", &[&key])
+            .await
+            .map_err(db_err)?;
     } else {
-        let got: bool = lock.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await.map_err(db_err)?.get(0);
+        let got: bool = lock
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await
+            .map_err(db_err)?
+            .get(0);
         if !got {
             return Ok(());
         }
@@ -159,10 +185,16 @@ async fn retire(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(),
         .await
         .map_err(db_err)?;
     let current = mark(POOL_MARK, bp, &tpl.hash);
-    let own = |prefix: &str, c: &str| c.strip_prefix(prefix).is_some_and(|r| r.rsplit_once(':').is_some_and(|(b, _)| b == bp.name.as_str()));
+    let own = |prefix: &str, c: &str| {
+        c.strip_prefix(prefix).is_some_and(|r| {
+            r.rsplit_once(':')
+                .is_some_and(|(b, _)| b == bp.name.as_str())
+        })
+    };
     for row in rows {
         let (name, comment): (String, String) = (row.get(0), row.get(1));
-        let retired = (own(POOL_MARK, &comment) && comment != current) || own(FILLING_MARK, &comment);
+        let retired =
+            (own(POOL_MARK, &comment) && comment != current) || own(FILLING_MARK, &comment);
         if retired {
             drop_entry(inner, &name).await?;
         }
@@ -172,13 +204,25 @@ async fn retire(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(),
 
 async fn drop_entry(inner: &Inner, name: &str) -> Result<(), BackendError> {
     let admin = inner.admin().await?;
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote(name))).await.map_err(db_err)?;
-    admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote(name))).await.map_err(db_err)
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote(name)
+        ))
+        .await
+        .map_err(db_err)?;
+    admin
+        .batch_execute(&format!("DROP ROLE IF EXISTS {}", quote(name)))
+        .await
+        .map_err(db_err)
 }
 
 async fn add_entry(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(), BackendError> {
-    let suffix = Alphanumeric.sample_string(&mut rand::rngs::OsRng, 10).to_ascii_lowercase();
-    let name = PgIdent::parse(&format!("pdb_pool_{}_{suffix}", &tpl.hash[..8])).expect("valid pool name");
+    let suffix = Alphanumeric
+        .sample_string(&mut rand::rngs::OsRng, 10)
+        .to_ascii_lowercase();
+    let name =
+        PgIdent::parse(&format!("pdb_pool_{}_{suffix}", &tpl.hash[..8])).expect("valid pool name");
     match make_entry(inner, bp, tpl, &name).await {
         Ok(()) => Ok(()),
         Err(e) => {
@@ -188,7 +232,12 @@ async fn add_entry(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<
     }
 }
 
-async fn make_entry(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo, name: &PgIdent) -> Result<(), BackendError> {
+async fn make_entry(
+    inner: &Inner,
+    bp: &Blueprint,
+    tpl: &TemplateInfo,
+    name: &PgIdent,
+) -> Result<(), BackendError> {
     let admin = inner.admin().await?;
     let filling = escape_literal(&mark(FILLING_MARK, bp, &tpl.hash));
     admin
@@ -201,7 +250,11 @@ async fn make_entry(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo, name: &Pg
         .map_err(db_err)?;
     inner.grant_membership(&admin, name).await?;
     admin
-        .batch_execute(&format!("CREATE DATABASE {n} TEMPLATE {t} OWNER {n}", n = name.quoted(), t = quote(&tpl.name)))
+        .batch_execute(&format!(
+            "CREATE DATABASE {n} TEMPLATE {t} OWNER {n}",
+            n = name.quoted(),
+            t = quote(&tpl.name)
+        ))
         .await
         .map_err(db_err)?;
     admin
@@ -222,7 +275,10 @@ async fn make_entry(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo, name: &Pg
         .map_err(db_err)?;
     let ready = escape_literal(&mark(POOL_MARK, bp, &tpl.hash));
     admin
-        .batch_execute(&format!("COMMENT ON ROLE {n} IS {ready}; COMMENT ON DATABASE {n} IS {ready};", n = name.quoted()))
+        .batch_execute(&format!(
+            "COMMENT ON ROLE {n} IS {ready}; COMMENT ON DATABASE {n} IS {ready};",
+            n = name.quoted()
+        ))
         .await
         .map_err(db_err)
 }

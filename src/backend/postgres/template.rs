@@ -54,18 +54,30 @@ pub fn template_name(bp: &Blueprint, hash: &str) -> String {
 
 impl Templates {
     fn slot(&self, hash: &str) -> Arc<tokio::sync::Mutex<Slot>> {
-        self.slots.lock().unwrap().entry(hash.to_owned()).or_default().clone()
+        self.slots
+            .lock()
+            .unwrap()
+            .entry(hash.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// The ready template of `bp` on this target, building it first if needed.
-    pub async fn ensure(&self, inner: &Inner, bp: &Blueprint) -> Result<TemplateInfo, BackendError> {
+    pub async fn ensure(
+        &self,
+        inner: &Inner,
+        bp: &Blueprint,
+    ) -> Result<TemplateInfo, BackendError> {
         let hash = bp.hash_for(inner.server().await?.major);
         let slot = self.slot(&hash);
         let mut slot = slot.lock().await;
         match &*slot {
             Slot::Ready(t) => return Ok(t.clone()),
             Slot::Failed(message) => {
-                return Err(BackendError::Blueprint { blueprint: bp.name.to_string(), message: message.clone() })
+                return Err(BackendError::Blueprint {
+                    blueprint: bp.name.to_string(),
+                    message: message.clone(),
+                })
             }
             Slot::Unknown => {}
         }
@@ -86,7 +98,10 @@ impl Templates {
     pub async fn status(&self, inner: &Inner, bp: &Blueprint, hash: &str) -> BlueprintStatus {
         let slot = self.slot(hash);
         let building = slot.try_lock().is_err();
-        let mut status = BlueprintStatus { hash: Some(hash.to_owned()), ..Default::default() };
+        let mut status = BlueprintStatus {
+            hash: Some(hash.to_owned()),
+            ..Default::default()
+        };
         match slot.try_lock().as_deref() {
             Ok(Slot::Ready(t)) => {
                 status.template = "ready".into();
@@ -129,25 +144,40 @@ async fn existing(inner: &Inner, name: &str) -> Result<Option<TemplateInfo>, Bac
         .as_deref()
         .and_then(|c| c.strip_prefix(TEMPLATE_MARK))
         .and_then(|json| serde_json::from_str::<Mark>(json).ok());
-    Ok(mark.map(|m| TemplateInfo { name: name.to_owned(), hash: m.hash, warnings: m.warnings }))
+    Ok(mark.map(|m| TemplateInfo {
+        name: name.to_owned(),
+        hash: m.hash,
+        warnings: m.warnings,
+    }))
 }
 
 /// Builds under the target-wide advisory lock of this template, unless another process
 /// finished it meanwhile.
-async fn build_once(inner: &Inner, bp: &Blueprint, hash: &str) -> Result<TemplateInfo, BackendError> {
+async fn build_once(
+    inner: &Inner,
+    bp: &Blueprint,
+    hash: &str,
+) -> Result<TemplateInfo, BackendError> {
     let name = template_name(bp, hash);
     if let Some(t) = existing(inner, &name).await? {
         return Ok(t);
     }
     let lock = inner.admin().await?;
     let key = lock_key(&name);
-    lock.execute("SELECT pg_advisory_lock($1)", &[&key]).await.map_err(db_err)?;
+    lock.execute("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .map_err(db_err)?;
     let outcome = build_locked(inner, bp, hash, &name).await;
     let _ = lock.execute("SELECT pg_advisory_unlock($1)", &[&key]).await;
     outcome
 }
 
-async fn build_locked(inner: &Inner, bp: &Blueprint, hash: &str, name: &str) -> Result<TemplateInfo, BackendError> {
+async fn build_locked(
+    inner: &Inner,
+    bp: &Blueprint,
+    hash: &str,
+    name: &str,
+) -> Result<TemplateInfo, BackendError> {
     if let Some(t) = existing(inner, name).await? {
         return Ok(t);
     }
@@ -160,7 +190,12 @@ async fn build_locked(inner: &Inner, bp: &Blueprint, hash: &str, name: &str) -> 
         Err(e) => {
             // A failed build leaves nothing.
             let conn = inner.admin().await?;
-            conn.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote(name))).await.map_err(db_err)?;
+            conn.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote(name)
+            ))
+            .await
+            .map_err(db_err)?;
             Err(e)
         }
     }
@@ -173,10 +208,18 @@ fn lock_key(name: &str) -> i64 {
 }
 
 fn blueprint_error(bp: &Blueprint, e: ScriptError) -> BackendError {
-    BackendError::Blueprint { blueprint: bp.name.to_string(), message: e.to_string() }
+    BackendError::Blueprint {
+        blueprint: bp.name.to_string(),
+        message: e.to_string(),
+    }
 }
 
-async fn build(inner: &Inner, bp: &Blueprint, hash: &str, name: &str) -> Result<TemplateInfo, BackendError> {
+async fn build(
+    inner: &Inner,
+    bp: &Blueprint,
+    hash: &str,
+    name: &str,
+) -> Result<TemplateInfo, BackendError> {
     let admin = inner.admin().await?;
     let builder = quote(BUILDER_ROLE);
     admin
@@ -189,14 +232,29 @@ async fn build(inner: &Inner, bp: &Blueprint, hash: &str, name: &str) -> Result<
         .await
         .map_err(db_err)?;
     if !inner.server().await?.superuser {
-        admin.batch_execute(&format!("GRANT {builder} TO CURRENT_USER")).await.map_err(db_err)?;
+        admin
+            .batch_execute(&format!("GRANT {builder} TO CURRENT_USER"))
+            .await
+            .map_err(db_err)?;
     }
     // Leftovers of a build interrupted by a crash (we hold the build lock, so nobody is on it).
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote(name))).await.map_err(db_err)?;
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote(name)
+        ))
+        .await
+        .map_err(db_err)?;
     // The template database itself belongs to the admin, not the builder: `REASSIGN OWNED BY`
     // in a clone also moves the builder's shared objects (databases), which would hand every
     // template to that clone's role.
-    admin.batch_execute(&format!("CREATE DATABASE {} TEMPLATE template0", quote(name))).await.map_err(db_err)?;
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {} TEMPLATE template0",
+            quote(name)
+        ))
+        .await
+        .map_err(db_err)?;
     admin
         .batch_execute(&format!(
             "REVOKE ALL ON DATABASE {n} FROM PUBLIC; GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {n} TO {builder}; \
@@ -209,7 +267,9 @@ async fn build(inner: &Inner, bp: &Blueprint, hash: &str, name: &str) -> Result<
     inner
         .connect_db(name)
         .await?
-        .batch_execute(&format!("GRANT CREATE, USAGE ON SCHEMA public TO {builder}"))
+        .batch_execute(&format!(
+            "GRANT CREATE, USAGE ON SCHEMA public TO {builder}"
+        ))
         .await
         .map_err(db_err)?;
 
@@ -220,28 +280,47 @@ async fn build(inner: &Inner, bp: &Blueprint, hash: &str, name: &str) -> Result<
             client
                 .batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS {}", ext.quoted()))
                 .await
-                .map_err(|e| BackendError::Blueprint { blueprint: bp.name.to_string(), message: format!("extension {ext}: {}", db_err(e)) })?;
+                .map_err(|e| BackendError::Blueprint {
+                    blueprint: bp.name.to_string(),
+                    message: format!("extension {ext}: {}", db_err(e)),
+                })?;
         }
     }
-    let session = migrations::Session { config: inner.db_config(name), role: BUILDER_ROLE.to_owned() };
+    let session = migrations::Session {
+        config: inner.db_config(name),
+        role: BUILDER_ROLE.to_owned(),
+    };
     let mut warnings = vec![];
-    let tolerant = Policy { tolerate_missing_roles: true };
+    let tolerant = Policy {
+        tolerate_missing_roles: true,
+    };
     if let Some(schema) = &bp.schema {
-        let script = Script::parse(&schema.name, &schema.text).map_err(|e| blueprint_error(bp, e))?;
+        let script =
+            Script::parse(&schema.name, &schema.text).map_err(|e| blueprint_error(bp, e))?;
         let client = session.connect().await.map_err(db_err)?;
-        let report = sqlexec::run(&client, &script, Mode::Autocommit, &tolerant).await.map_err(|e| blueprint_error(bp, e))?;
+        let report = sqlexec::run(&client, &script, Mode::Autocommit, &tolerant)
+            .await
+            .map_err(|e| blueprint_error(bp, e))?;
         warnings.extend(report.warnings);
     }
-    migrations::apply(bp.format, &session, &bp.migrations).await.map_err(|e| blueprint_error(bp, e))?;
+    migrations::apply(bp.format, &session, &bp.migrations)
+        .await
+        .map_err(|e| blueprint_error(bp, e))?;
     for seed in &bp.seeds {
         // A connection per file: seed scripts may change session settings.
         let client = session.connect().await.map_err(db_err)?;
         if seed.name.ends_with(".csv") {
-            let table = seed_table(&seed.name).map_err(|m| blueprint_error(bp, ScriptError::local(&seed.name, 0, "", m)))?;
-            sqlexec::copy_csv(&client, &seed.name, &table, seed.text.as_bytes()).await.map_err(|e| blueprint_error(bp, e))?;
+            let table = seed_table(&seed.name)
+                .map_err(|m| blueprint_error(bp, ScriptError::local(&seed.name, 0, "", m)))?;
+            sqlexec::copy_csv(&client, &seed.name, &table, seed.text.as_bytes())
+                .await
+                .map_err(|e| blueprint_error(bp, e))?;
         } else {
-            let script = Script::parse(&seed.name, &seed.text).map_err(|e| blueprint_error(bp, e))?;
-            let report = sqlexec::run(&client, &script, Mode::Transaction, &tolerant).await.map_err(|e| blueprint_error(bp, e))?;
+            let script =
+                Script::parse(&seed.name, &seed.text).map_err(|e| blueprint_error(bp, e))?;
+            let report = sqlexec::run(&client, &script, Mode::Transaction, &tolerant)
+                .await
+                .map_err(|e| blueprint_error(bp, e))?;
             warnings.extend(report.warnings);
         }
     }
@@ -249,10 +328,20 @@ async fn build(inner: &Inner, bp: &Blueprint, hash: &str, name: &str) -> Result<
     client.batch_execute("ANALYZE").await.map_err(db_err)?;
     drop(client);
 
-    let mark = Mark { blueprint: bp.name.to_string(), hash: hash.to_owned(), warnings: warnings.clone() };
-    let mark = format!("{TEMPLATE_MARK}{}", serde_json::to_string(&mark).expect("mark serialises"));
+    let mark = Mark {
+        blueprint: bp.name.to_string(),
+        hash: hash.to_owned(),
+        warnings: warnings.clone(),
+    };
+    let mark = format!(
+        "{TEMPLATE_MARK}{}",
+        serde_json::to_string(&mark).expect("mark serialises")
+    );
     admin
-        .batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", quote(name)))
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            quote(name)
+        ))
         .await
         .map_err(db_err)?;
     admin
@@ -267,7 +356,11 @@ async fn build(inner: &Inner, bp: &Blueprint, hash: &str, name: &str) -> Result<
         ))
         .await
         .map_err(db_err)?;
-    Ok(TemplateInfo { name: name.to_owned(), hash: hash.to_owned(), warnings })
+    Ok(TemplateInfo {
+        name: name.to_owned(),
+        hash: hash.to_owned(),
+        warnings,
+    })
 }
 
 /// Drops templates and pooled databases of hashes not in `keep`, and leftovers of builds and
@@ -295,7 +388,9 @@ pub async fn collect_garbage(inner: &Inner, keep: &[String]) -> Result<Vec<Strin
                 .map_err(db_err)?
                 .get(0);
             if free {
-                let _ = admin.execute("SELECT pg_advisory_unlock($1)", &[&lock_key(&name)]).await;
+                let _ = admin
+                    .execute("SELECT pg_advisory_unlock($1)", &[&lock_key(&name)])
+                    .await;
             }
             free
         } else {
@@ -308,15 +403,23 @@ pub async fn collect_garbage(inner: &Inner, keep: &[String]) -> Result<Vec<Strin
         let dropped_ok = admin
             .batch_execute(&format!("ALTER DATABASE {n} IS_TEMPLATE false"))
             .await
-            .and(admin.batch_execute(&format!("DROP DATABASE IF EXISTS {n} WITH (FORCE)")).await);
+            .and(
+                admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {n} WITH (FORCE)"))
+                    .await,
+            );
         match dropped_ok {
             Ok(()) => {
                 if super::pool::is_pool_mark(&comment) {
-                    let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {n}")).await;
+                    let _ = admin
+                        .batch_execute(&format!("DROP ROLE IF EXISTS {n}"))
+                        .await;
                 }
                 dropped.push(name);
             }
-            Err(e) => tracing::warn!(database = %name, error = %e, "could not drop a stale database"),
+            Err(e) => {
+                tracing::warn!(database = %name, error = %e, "could not drop a stale database")
+            }
         }
     }
     Ok(dropped)
