@@ -206,17 +206,19 @@ impl Environments {
     /// Drops templates and pool databases that neither the configuration nor a live
     /// environment refers to.
     pub async fn collect_garbage(&self) -> Result<Vec<String>> {
-        let mut dropped = vec![];
+        let mut keep = self.store.live_blueprint_hashes().await?;
         for t in self.targets.values() {
-            let mut keep = self.store.live_blueprint_hashes(&t.name).await?;
             for bp in self.blueprints.values() {
                 match t.backend.blueprint_hash(bp).await {
                     Ok(Some(h)) => keep.push(h),
                     Ok(None) => {}
-                    // Without the current hashes nothing can be told apart: collect nothing.
-                    Err(_) => return Ok(dropped),
+                    // Without every current hash nothing can be told apart: collect nothing.
+                    Err(_) => return Ok(vec![]),
                 }
             }
+        }
+        let mut dropped = vec![];
+        for t in self.targets.values() {
             dropped.extend(t.backend.collect_garbage(&keep).await?);
         }
         Ok(dropped)

@@ -92,8 +92,7 @@ async fn run_dev(listen: String, data_dir: PathBuf, config: Option<PathBuf>) -> 
     let url = format!("http://{}:{}", setup.config.listen.ip(), app.port());
     println!("previewdb dev: serving on {url}");
     println!(
-        "  PostgreSQL {} on 127.0.0.1:{} (data in {})",
-        "cluster",
+        "  PostgreSQL on 127.0.0.1:{} (data in {})",
         setup.postgres.port(),
         setup.postgres.data_dir().display()
     );

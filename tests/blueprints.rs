@@ -712,3 +712,91 @@ async fn concurrent_first_requests_build_one_template() {
         .unwrap();
     assert_eq!((t.get::<_, bool>(0), t.get::<_, bool>(1)), (true, false));
 }
+
+#[tokio::test]
+async fn a_changed_blueprint_retires_its_old_pool_and_unused_templates_are_dropped() {
+    let dir = temp_dir();
+    let files = dir.path().join("evolving");
+    write_files(
+        &files,
+        &[(
+            "schema.sql",
+            "CREATE TABLE v (n int);\nINSERT INTO v VALUES (1);\n",
+        )],
+    );
+    let toml = format!(
+        "[blueprints.evolving]\nschema = {:?}\npool_size = 1\n",
+        files.join("schema.sql").display().to_string()
+    );
+    let old = app_with_blueprints(dir.path(), &toml).await;
+    let (_, first) = old.post("/v1/blueprints/evolving/prepare", json!({})).await;
+    let old_hash = first["targets"]["local"]["hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let kept = old
+        .create(json!({ "key": "evolving/live", "blueprint": "evolving" }))
+        .await;
+    old.post("/v1/blueprints/evolving/prepare", json!({})).await;
+
+    // The blueprint's files change: a new hash, a new template; the old pool is retired.
+    write_files(
+        &files,
+        &[(
+            "schema.sql",
+            "CREATE TABLE v (n int);\nINSERT INTO v VALUES (2);\n",
+        )],
+    );
+    let new = app_with_blueprints(dir.path(), &toml).await;
+    let (_, second) = new.post("/v1/blueprints/evolving/prepare", json!({})).await;
+    let new_hash = second["targets"]["local"]["hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(old_hash, new_hash);
+    let admin = new.admin("postgres").await;
+    let count = |pattern: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one("SELECT count(*) FROM pg_database WHERE shobj_description(oid, 'pg_database') LIKE $1", &[&pattern])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(
+        count(format!("previewdb:pool=evolving:{old_hash}")).await,
+        0,
+        "old pool retired"
+    );
+    assert_eq!(
+        count(format!("previewdb:pool=evolving:{new_hash}")).await,
+        1
+    );
+
+    // The old template stays while a live environment was made from it (reset needs it) …
+    new.app.collect_garbage().await.unwrap();
+    assert_eq!(
+        count(format!("previewdb:template=%\"hash\":\"{old_hash}\"%")).await,
+        1
+    );
+    let (status, _) = new
+        .post(&format!("{}/reset", env_path("evolving/live")), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // … and goes once nothing refers to it.
+    new.delete(&env_path("evolving/live")).await;
+    let dropped = new.app.collect_garbage().await.unwrap();
+    assert!(dropped.iter().any(|d| d.contains(&old_hash)), "{dropped:?}");
+    assert_eq!(
+        count(format!("previewdb:template=%\"hash\":\"{old_hash}\"%")).await,
+        0
+    );
+    assert_eq!(
+        count(format!("previewdb:template=%\"hash\":\"{new_hash}\"%")).await,
+        1,
+        "the current template stays"
+    );
+    let _ = kept;
+}

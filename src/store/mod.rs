@@ -328,16 +328,17 @@ impl Store {
         Ok(row.get(0))
     }
 
-    /// Template hashes that live environments of a target were made from (reset needs them).
-    pub async fn live_blueprint_hashes(&self, target: &str) -> Result<Vec<String>> {
+    /// Template hashes that live environments were made from (reset needs them). Across all
+    /// targets: two targets may share a cluster, and a hash names the same content everywhere.
+    pub async fn live_blueprint_hashes(&self) -> Result<Vec<String>> {
         let rows = self
             .pool
             .get()
             .await?
             .query(
-                "SELECT DISTINCT blueprint_hash FROM environments WHERE target = $1 AND blueprint_hash IS NOT NULL \
+                "SELECT DISTINCT blueprint_hash FROM environments WHERE blueprint_hash IS NOT NULL \
                  AND state IN ('provisioning', 'ready', 'deleting')",
-                &[&target],
+                &[],
             )
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
