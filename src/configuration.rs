@@ -48,7 +48,7 @@ enum RawTarget {
         connection_limit: Option<i32>,
         revoke_public_connect: Option<bool>,
     },
-    Neon(NeonTargetConfig),
+    Neon(Box<NeonTargetConfig>),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,7 +143,7 @@ pub struct PostgresTargetConfig {
 #[derive(Debug, Clone)]
 pub enum TargetConfig {
     Postgres(PostgresTargetConfig),
-    Neon(NeonTargetConfig),
+    Neon(Box<NeonTargetConfig>),
 }
 
 #[derive(Debug, Clone)]

@@ -46,12 +46,7 @@ pub async fn get(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
     let targets = state.envs.blueprint_status(&name).await?;
-    let bp = state
-        .envs
-        .blueprints()
-        .find(|b| b.name.as_str() == name)
-        .ok_or_else(|| ApiError::not_found(name))?;
-    Ok(Json(describe(bp, Some(targets))))
+    described(&state, &name, targets)
 }
 
 pub async fn prepare(
@@ -61,6 +56,14 @@ pub async fn prepare(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Admin)?;
     let targets = state.envs.prepare_blueprint(&name).await?;
+    described(&state, &name, targets)
+}
+
+fn described(
+    state: &AppState,
+    name: &str,
+    targets: Vec<(String, BlueprintStatus)>,
+) -> Result<Json<Value>, ApiError> {
     let bp = state
         .envs
         .blueprints()

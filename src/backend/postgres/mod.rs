@@ -209,9 +209,25 @@ impl Inner {
         .await
         .map_err(db_err)?;
         self.grant_membership(&conn, role).await?;
+        self.create_database(&conn, db, role, template, &mark)
+            .await?;
+        Ok(password)
+    }
+
+    /// The environment's database, owned by its role, empty or cloned from `template` (and then
+    /// all its objects handed to the role), closed to PUBLIC and marked with `mark` (a literal).
+    async fn create_database(
+        &self,
+        conn: &tokio_postgres::Client,
+        db: &PgIdent,
+        role: &PgIdent,
+        template: Option<&template::TemplateInfo>,
+        mark: &str,
+    ) -> Result<(), BackendError> {
         let from = template
             .map(|t| format!(" TEMPLATE {}", quote(&t.name)))
             .unwrap_or_default();
+        // CREATE DATABASE cannot share a simple query with anything (it would be a transaction).
         conn.batch_execute(&format!(
             "CREATE DATABASE {}{from} OWNER {}",
             db.quoted(),
@@ -228,7 +244,7 @@ impl Inner {
         if template.is_some() {
             self.take_ownership(db, role).await?;
         }
-        Ok(password)
+        Ok(())
     }
 
     /// Objects in a clone keep the template's owner: hand them all to the environment's role, so
@@ -446,34 +462,15 @@ impl Backend for PostgresBackend {
             .map_err(db_err)?
             .and_then(|r| r.get(0));
         let mark = mark.ok_or_else(|| BackendError::failed(format!("database {db} is missing")))?;
-        // DROP and CREATE DATABASE cannot share a simple query (it would be one transaction).
         conn.batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             db.quoted()
         ))
         .await
         .map_err(db_err)?;
-        let from = template
-            .as_ref()
-            .map(|t| format!(" TEMPLATE {}", quote(&t.name)))
-            .unwrap_or_default();
-        conn.batch_execute(&format!(
-            "CREATE DATABASE {}{from} OWNER {}",
-            db.quoted(),
-            role.quoted()
-        ))
-        .await
-        .map_err(db_err)?;
-        conn.batch_execute(&format!(
-            "REVOKE ALL ON DATABASE {d} FROM PUBLIC; COMMENT ON DATABASE {d} IS {m};",
-            d = db.quoted(),
-            m = escape_literal(&mark)
-        ))
-        .await
-        .map_err(db_err)?;
-        if template.is_some() {
-            inner.take_ownership(&db, &role).await?;
-        }
+        inner
+            .create_database(&conn, &db, &role, template.as_ref(), &escape_literal(&mark))
+            .await?;
         Ok(())
     }
 
