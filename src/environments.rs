@@ -217,9 +217,10 @@ impl Environments {
                 }
             }
         }
+        let known: Vec<String> = self.blueprints.keys().cloned().collect();
         let mut dropped = vec![];
         for t in self.targets.values() {
-            dropped.extend(t.backend.collect_garbage(&keep).await?);
+            dropped.extend(t.backend.collect_garbage(&keep, &known).await?);
         }
         Ok(dropped)
     }

@@ -728,7 +728,14 @@ async fn a_changed_blueprint_retires_its_old_pool_and_unused_templates_are_dropp
         "[blueprints.evolving]\nschema = {:?}\npool_size = 1\n",
         files.join("schema.sql").display().to_string()
     );
-    let old = app_with_blueprints(dir.path(), &toml).await;
+    // A replica with one more blueprint than the other.
+    let foreign = format!(
+        "{toml}[blueprints.foreign]\nschema = {:?}\npool_size = 0\n",
+        files.join("foreign.sql").display().to_string()
+    );
+    write_files(&files, &[("foreign.sql", "CREATE TABLE f (n int);\n")]);
+    let old = app_with_blueprints(dir.path(), &foreign).await;
+    old.post("/v1/blueprints/foreign/prepare", json!({})).await;
     let (_, first) = old.post("/v1/blueprints/evolving/prepare", json!({})).await;
     let old_hash = first["targets"]["local"]["hash"]
         .as_str()

@@ -234,8 +234,13 @@ pub trait Backend: Send + Sync {
         })
     }
 
-    /// Drops templates and pooled databases of blueprint hashes not in `keep`.
-    async fn collect_garbage(&self, _keep: &[String]) -> Result<Vec<String>, BackendError> {
+    /// Drops templates and pooled databases of blueprint hashes not in `keep`; those of
+    /// blueprints not in `known` (by name) only when long unused.
+    async fn collect_garbage(
+        &self,
+        _keep: &[String],
+        _known: &[String],
+    ) -> Result<Vec<String>, BackendError> {
         Ok(vec![])
     }
 }

@@ -299,7 +299,17 @@ impl Inner {
                 pool::refill_in_background(self.clone(), bp.clone(), tpl.clone());
                 match warm {
                     Some(password) => password,
-                    None => self.create_cold(req, Some(&tpl), db, role).await?,
+                    None => match self.create_cold(req, Some(&tpl), db, role).await {
+                        // Another replica (with another configuration) collected the template:
+                        // build it again.
+                        Err(e) if e.to_string().contains("(SQLSTATE 3D000)") => {
+                            self.templates.forget(&tpl.hash);
+                            self.teardown(db, role).await?;
+                            let tpl = self.templates.ensure(self, bp).await?;
+                            self.create_cold(req, Some(&tpl), db, role).await?
+                        }
+                        outcome => outcome?,
+                    },
                 }
             }
         };
@@ -543,8 +553,12 @@ impl Backend for PostgresBackend {
             .await
     }
 
-    async fn collect_garbage(&self, keep: &[String]) -> Result<Vec<String>, BackendError> {
-        template::collect_garbage(&self.inner, keep).await
+    async fn collect_garbage(
+        &self,
+        keep: &[String],
+        known: &[String],
+    ) -> Result<Vec<String>, BackendError> {
+        template::collect_garbage(&self.inner, keep, known).await
     }
 }
 

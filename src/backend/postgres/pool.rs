@@ -30,13 +30,13 @@ pub fn is_pool_mark(comment: &str) -> bool {
     comment.starts_with(POOL_MARK) || comment.starts_with(FILLING_MARK)
 }
 
-/// A pool entry whose template hash is no longer wanted.
-pub fn is_stale(comment: &str, keep: &[String]) -> bool {
+/// A pool entry whose template is not among `templates` (the hashes of the templates that stay).
+pub fn is_stale(comment: &str, templates: &[String]) -> bool {
     let rest = comment
         .strip_prefix(POOL_MARK)
         .or_else(|| comment.strip_prefix(FILLING_MARK));
     rest.and_then(|r| r.rsplit(':').next())
-        .is_some_and(|hash| !keep.iter().any(|k| k == hash))
+        .is_some_and(|hash| !templates.iter().any(|k| k == hash))
 }
 
 /// Takes a ready pool database for the environment, renaming it and its role to the

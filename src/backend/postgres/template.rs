@@ -45,7 +45,13 @@ struct Mark {
     blueprint: String,
     hash: String,
     warnings: Vec<String>,
+    #[serde(default)]
+    built_at: Option<chrono::DateTime<chrono::Utc>>,
 }
+
+/// A template of a blueprint this process does not know (another replica's configuration, or
+/// a blueprint removed since) is only collected once it is this old.
+const FOREIGN_TEMPLATE_GRACE: chrono::Duration = chrono::Duration::hours(24);
 
 pub fn template_name(bp: &Blueprint, hash: &str) -> String {
     let name: String = bp.name.as_str().chars().take(30).collect();
@@ -53,6 +59,11 @@ pub fn template_name(bp: &Blueprint, hash: &str) -> String {
 }
 
 impl Templates {
+    /// Forgets a template another process dropped, so the next `ensure` builds it again.
+    pub fn forget(&self, hash: &str) {
+        self.slots.lock().unwrap().remove(hash);
+    }
+
     fn slot(&self, hash: &str) -> Arc<tokio::sync::Mutex<Slot>> {
         self.slots
             .lock()
@@ -332,6 +343,7 @@ async fn build(
         blueprint: bp.name.to_string(),
         hash: hash.to_owned(),
         warnings: warnings.clone(),
+        built_at: Some(chrono::Utc::now()),
     };
     let mark = format!(
         "{TEMPLATE_MARK}{}",
@@ -364,8 +376,13 @@ async fn build(
 }
 
 /// Drops templates and pooled databases of hashes not in `keep`, and leftovers of builds and
-/// pool fills that nobody is running. Only objects marked as previewdb's are considered.
-pub async fn collect_garbage(inner: &Inner, keep: &[String]) -> Result<Vec<String>, BackendError> {
+/// pool fills that nobody is running. Only objects marked as previewdb's are considered, and
+/// those of blueprints not in `known` only when long unused: replicas may run other configs.
+pub async fn collect_garbage(
+    inner: &Inner,
+    keep: &[String],
+    known: &[String],
+) -> Result<Vec<String>, BackendError> {
     let admin = inner.admin().await?;
     let rows = admin
         .query(
@@ -375,31 +392,50 @@ pub async fn collect_garbage(inner: &Inner, keep: &[String]) -> Result<Vec<Strin
         )
         .await
         .map_err(db_err)?;
+    let marked: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let stale_template = |comment: &str| {
+        comment
+            .strip_prefix(TEMPLATE_MARK)
+            .and_then(|json| serde_json::from_str::<Mark>(json).ok())
+            .map(|m| {
+                let old = m
+                    .built_at
+                    .is_none_or(|t| chrono::Utc::now() - t > FOREIGN_TEMPLATE_GRACE);
+                !keep.contains(&m.hash) && (known.contains(&m.blueprint) || old)
+            })
+    };
+    // Pool entries live as long as the template they were cloned from.
+    let surviving: Vec<String> = marked
+        .iter()
+        .filter_map(|(_, c)| {
+            let m: Mark = serde_json::from_str(c.strip_prefix(TEMPLATE_MARK)?).ok()?;
+            (stale_template(c) == Some(false)).then_some(m.hash)
+        })
+        .collect();
     let mut dropped = vec![];
-    for row in rows {
-        let (name, comment): (String, String) = (row.get(0), row.get(1));
-        let stale = if let Some(json) = comment.strip_prefix(TEMPLATE_MARK) {
-            serde_json::from_str::<Mark>(json).is_ok_and(|m| !keep.contains(&m.hash))
+    for (name, comment) in marked.iter() {
+        let stale = if let Some(stale) = stale_template(comment) {
+            stale
         } else if comment.starts_with(BUILDING_MARK) {
             // Being built right now if its build lock is held.
             let free: bool = admin
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&lock_key(&name)])
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&lock_key(name)])
                 .await
                 .map_err(db_err)?
                 .get(0);
             if free {
                 let _ = admin
-                    .execute("SELECT pg_advisory_unlock($1)", &[&lock_key(&name)])
+                    .execute("SELECT pg_advisory_unlock($1)", &[&lock_key(name)])
                     .await;
             }
             free
         } else {
-            super::pool::is_stale(&comment, keep)
+            super::pool::is_stale(comment, &surviving)
         };
         if !stale {
             continue;
         }
-        let n = quote(&name);
+        let n = quote(name);
         let dropped_ok = admin
             .batch_execute(&format!("ALTER DATABASE {n} IS_TEMPLATE false"))
             .await
@@ -415,7 +451,7 @@ pub async fn collect_garbage(inner: &Inner, keep: &[String]) -> Result<Vec<Strin
                         .batch_execute(&format!("DROP ROLE IF EXISTS {n}"))
                         .await;
                 }
-                dropped.push(name);
+                dropped.push(name.clone());
             }
             Err(e) => {
                 tracing::warn!(database = %name, error = %e, "could not drop a stale database")
