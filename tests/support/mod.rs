@@ -64,6 +64,9 @@ pub async fn cluster() -> Arc<Cluster> {
             // A second name for the same cluster, to ask for "other settings".
             let local = config.targets["local"].clone();
             config.targets.insert("other".into(), local);
+            // Statics are never dropped: stop the server and remove its files at exit.
+            // SAFETY: registering a plain extern "C" function.
+            unsafe { libc::atexit(remove_cluster) };
             Arc::new(Cluster {
                 postgres: setup.postgres,
                 config,
@@ -72,6 +75,13 @@ pub async fn cluster() -> Arc<Cluster> {
         })
         .await
         .clone()
+}
+
+extern "C" fn remove_cluster() {
+    if let Some(cluster) = CLUSTER.get() {
+        cluster.postgres.stop();
+        let _ = std::fs::remove_dir_all(cluster._dir.path());
+    }
 }
 
 pub struct TestApp {
