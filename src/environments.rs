@@ -292,6 +292,13 @@ impl Environments {
             .map(|n| self.blueprint(n))
             .transpose()?
             .cloned();
+        if !spec.migrations.is_empty() && !builds_templates {
+            return Err(InvalidInput::new(
+                "migrations",
+                format!("target {target_name:?} does not apply migrations; run them against the branch with your own tool"),
+            )
+            .into());
+        }
         if blueprint.is_some() && !builds_templates {
             return Err(InvalidInput::new(
                 "blueprint",

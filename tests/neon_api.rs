@@ -89,6 +89,19 @@ async fn a_neon_branch_per_key_over_the_api() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
 
+    let (status, p) = app
+        .post(
+            "/v1/environments",
+            json!({ "key": "acme/web#904", "target": "neon", "migrations": [{ "name": "a.sql", "sql": "SELECT 1" }] }),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "migrations are not silently dropped: {p}"
+    );
+    assert!(fake.branches_named("acme/web#904").is_empty());
+
     let path = env_path("acme/web#900");
     let (status, rotated) = app.post(&format!("{path}/credentials"), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{rotated}");
