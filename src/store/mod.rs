@@ -6,6 +6,7 @@ mod record;
 pub use crypto::Sealer;
 pub use record::{EnvRecord, ListFilter, State, StoredConnection};
 
+use crate::advisory_key;
 use crate::backend::Resources;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -99,15 +100,21 @@ impl Store {
 
     async fn migrate(&self) -> anyhow::Result<()> {
         let mut conn = self.pool.get().await?;
-        conn.execute("SELECT pg_advisory_lock($1)", &[&lock_id("migrations")])
-            .await?;
+        conn.execute(
+            "SELECT pg_advisory_lock($1)",
+            &[&advisory_key("store", "migrations")],
+        )
+        .await?;
         let client: &mut tokio_postgres::Client = &mut conn;
         let outcome = migrations::runner()
             .set_migration_table_name("previewdb_schema_history")
             .run_async(client)
             .await;
-        conn.execute("SELECT pg_advisory_unlock($1)", &[&lock_id("migrations")])
-            .await?;
+        conn.execute(
+            "SELECT pg_advisory_unlock($1)",
+            &[&advisory_key("store", "migrations")],
+        )
+        .await?;
         outcome?;
         Ok(())
     }
@@ -131,8 +138,11 @@ impl Store {
             conn: Some(conn),
         };
         let conn = lock.conn.as_mut().expect("just set");
-        conn.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_id(key)])
-            .await?;
+        conn.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&advisory_key("env", key)],
+        )
+        .await?;
         Ok(lock)
     }
 
@@ -153,7 +163,10 @@ impl Store {
         };
         let conn = lock.conn.as_mut().expect("just set");
         let row = conn
-            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&lock_id(key)])
+            .query_one(
+                "SELECT pg_try_advisory_xact_lock($1)",
+                &[&advisory_key("env", key)],
+            )
             .await?;
         Ok(row.get::<_, bool>(0).then_some(lock))
     }
@@ -361,11 +374,4 @@ impl Store {
         );
         self.query(&sql, &[]).await
     }
-}
-
-/// Advisory-lock id of a name, in a namespace of its own.
-fn lock_id(name: &str) -> i64 {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(format!("previewdb:{name}").as_bytes());
-    i64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
 }

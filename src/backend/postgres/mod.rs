@@ -132,6 +132,22 @@ impl Inner {
             .copied()
     }
 
+    /// Databases whose COMMENT starts with `prefix`, with that comment: how previewdb finds its
+    /// templates and pool entries on the target.
+    async fn marked_databases(&self, prefix: &str) -> Result<Vec<(String, String)>, BackendError> {
+        let rows = self
+            .admin()
+            .await?
+            .query(
+                "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database \
+                 WHERE starts_with(shobj_description(oid, 'pg_database'), $1)",
+                &[&prefix],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// The admin's connection settings, pointed at another database of the target.
     fn db_config(&self, database: &str) -> tokio_postgres::Config {
         let mut cfg = self.admin_config.clone();

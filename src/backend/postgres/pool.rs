@@ -138,7 +138,7 @@ pub async fn fill(
         Err(_) => return Ok(()),
     };
     let lock = inner.admin().await?;
-    let key = lock_key(&tpl.hash);
+    let key = crate::advisory_key("pool", &tpl.hash);
     if wait {
         lock.execute("SELECT pg_advisory_lock($1)", &[&key])
             .await
@@ -166,24 +166,10 @@ async fn top_up(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(),
     Ok(())
 }
 
-fn lock_key(hash: &str) -> i64 {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(format!("previewdb:pool:{hash}").as_bytes());
-    i64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
-}
-
 /// Drops this blueprint's entries of other hashes, and half-made entries of this one (we hold
 /// the fill lock, so nobody is making them).
 async fn retire(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(), BackendError> {
-    let admin = inner.admin().await?;
-    let rows = admin
-        .query(
-            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database \
-             WHERE shobj_description(oid, 'pg_database') LIKE 'previewdb:pool%'",
-            &[],
-        )
-        .await
-        .map_err(db_err)?;
+    let rows = inner.marked_databases("previewdb:pool").await?;
     let current = mark(POOL_MARK, bp, &tpl.hash);
     let own = |prefix: &str, c: &str| {
         c.strip_prefix(prefix).is_some_and(|r| {
@@ -191,8 +177,7 @@ async fn retire(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(),
                 .is_some_and(|(b, _)| b == bp.name.as_str())
         })
     };
-    for row in rows {
-        let (name, comment): (String, String) = (row.get(0), row.get(1));
+    for (name, comment) in rows {
         let retired =
             (own(POOL_MARK, &comment) && comment != current) || own(FILLING_MARK, &comment);
         if retired {

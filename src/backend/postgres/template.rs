@@ -213,9 +213,7 @@ async fn build_locked(
 }
 
 fn lock_key(name: &str) -> i64 {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(format!("previewdb:template:{name}").as_bytes());
-    i64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+    crate::advisory_key("template", name)
 }
 
 fn blueprint_error(bp: &Blueprint, e: ScriptError) -> BackendError {
@@ -384,15 +382,7 @@ pub async fn collect_garbage(
     known: &[String],
 ) -> Result<Vec<String>, BackendError> {
     let admin = inner.admin().await?;
-    let rows = admin
-        .query(
-            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database \
-             WHERE shobj_description(oid, 'pg_database') LIKE 'previewdb:%'",
-            &[],
-        )
-        .await
-        .map_err(db_err)?;
-    let marked: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let marked = inner.marked_databases("previewdb:").await?;
     let stale_template = |comment: &str| {
         comment
             .strip_prefix(TEMPLATE_MARK)
