@@ -180,7 +180,7 @@ impl Config {
     /// Parses a config document; relative paths resolve against `base_dir`.
     pub fn parse(text: &str, base_dir: &Path) -> anyhow::Result<Self> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow!("{e}"))?;
-        Self::from_raw(raw, base_dir)
+        Self::from_raw(raw, base_dir, None)
     }
 
     /// Merges `extra` (a `--config` given to `previewdb dev`) into `self`: its targets, tokens and
@@ -192,21 +192,14 @@ impl Config {
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("in config file {}", path.display()))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let extra = Self::from_raw_partial(raw, &base, Some(self))
+        let extra = Self::from_raw(raw, &base, Some(self))
             .with_context(|| format!("in config file {}", path.display()))?;
         *self = extra;
         Ok(())
     }
 
-    fn from_raw(raw: RawConfig, base_dir: &Path) -> anyhow::Result<Self> {
-        Self::from_raw_partial(raw, base_dir, None)
-    }
-
-    fn from_raw_partial(
-        raw: RawConfig,
-        base_dir: &Path,
-        base: Option<&Config>,
-    ) -> anyhow::Result<Self> {
+    /// Resolves a parsed file; with `base`, on top of an existing configuration.
+    fn from_raw(raw: RawConfig, base_dir: &Path, base: Option<&Config>) -> anyhow::Result<Self> {
         let listen = match std::env::var(ENV_LISTEN).ok().or(raw.listen) {
             Some(s) => s
                 .parse()

@@ -159,14 +159,16 @@ async fn apply_sqlx(session: &Session, files: &[SourceFile]) -> Result<usize, Sc
                     .is_some_and(|(v, _)| v.parse() == Ok(version))
             });
             let name = file.map_or_else(|| version.to_string(), |f| f.name.clone());
+            let located = match file {
+                Some(f) => locate(session, f).await,
+                None => None,
+            };
             match (
                 err.as_database_error()
                     .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()),
                 file,
             ) {
-                (Some(_), Some(f)) if locate(session, f).await.is_some() => {
-                    Err(locate(session, f).await.expect("just located"))
-                }
+                _ if located.is_some() => Err(located.expect("checked")),
                 (Some(db), Some(f)) => {
                     let pos = match db.position() {
                         Some(sqlx::postgres::PgErrorPosition::Original(p)) => Some(p),

@@ -132,16 +132,17 @@ impl Store {
         };
         let guard = local.lock_owned().await;
         let conn = self.pool.get().await?;
-        conn.batch_execute("BEGIN").await?;
         let mut lock = KeyLock {
             _local: guard,
             conn: Some(conn),
         };
+        // One round trip: the id is a number we computed, and the explicit BEGIN keeps the
+        // transaction (and with it the lock) open after this query.
         let conn = lock.conn.as_mut().expect("just set");
-        conn.execute(
-            "SELECT pg_advisory_xact_lock($1)",
-            &[&advisory_key("env", key)],
-        )
+        conn.batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({})",
+            advisory_key("env", key)
+        ))
         .await?;
         Ok(lock)
     }

@@ -108,12 +108,13 @@ impl Templates {
 
     pub async fn status(&self, inner: &Inner, bp: &Blueprint, hash: &str) -> BlueprintStatus {
         let slot = self.slot(hash);
-        let building = slot.try_lock().is_err();
         let mut status = BlueprintStatus {
             hash: Some(hash.to_owned()),
             ..Default::default()
         };
+        // A slot locked by someone else is a build under way.
         match slot.try_lock().as_deref() {
+            Err(_) => status.template = "building".into(),
             Ok(Slot::Ready(t)) => {
                 status.template = "ready".into();
                 status.warnings = t.warnings.clone();
@@ -122,8 +123,7 @@ impl Templates {
                 status.template = "failed".into();
                 status.error = Some(m.clone());
             }
-            _ if building => status.template = "building".into(),
-            _ => match existing(inner, &template_name(bp, hash)).await {
+            Ok(Slot::Unknown) => match existing(inner, &template_name(bp, hash)).await {
                 Ok(Some(t)) => {
                     status.template = "ready".into();
                     status.warnings = t.warnings;
