@@ -543,8 +543,13 @@ async fn extend_rotate_and_reset() {
         .get(0);
     assert_eq!(n, 0, "reset dropped the data");
 
+    let open = connect(&uri(&env)).await.expect("a session before rotation");
     let (status, rotated) = app.post(&format!("{path}/credentials"), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{rotated}");
+    assert!(
+        open.simple_query("SELECT 1").await.is_err(),
+        "the session opened with the old password was ended"
+    );
     assert_ne!(
         rotated["connection"]["password"],
         env["connection"]["password"]

@@ -457,7 +457,15 @@ impl Backend for PostgresBackend {
     ) -> Result<Connection, BackendError> {
         let (db, role) = names(resources)?;
         let (password, attrs) = self.inner.login_attributes(expires_at);
-        let sql = format!("ALTER ROLE {} {attrs}", role.quoted());
+        // Sessions opened with the old password are ended too: a rotation is what one does
+        // after a leak, and a leaked password's open sessions are the leak.
+        let sql = format!(
+            "ALTER ROLE {r} {attrs}; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE usename = {name} AND pid <> pg_backend_pid();",
+            r = role.quoted(),
+            name = escape_literal(role.as_str())
+        );
         self.inner
             .admin()
             .await?
