@@ -117,11 +117,8 @@ async fn build_from_scratch(
     use previewdb::sqlexec::{self, migrations, Mode, Policy, Script};
     let name = format!("bench_scratch_{i}");
     previewdb::dev::create_database_if_missing(&pg.admin_url("postgres"), &name).await?;
-    let config: tokio_postgres::Config = pg.admin_url(&name).parse()?;
-    let session = migrations::Session {
-        config,
-        role: previewdb::embedded::ADMIN_USER.into(),
-    };
+    let server = previewdb::pgconn::PgConnector::parse(&pg.admin_url(&name))?;
+    let session = migrations::Session::new(&server, previewdb::embedded::ADMIN_USER);
     let c = session.connect().await?;
     for ext in &bp.extensions {
         c.batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS {}", ext.quoted()))

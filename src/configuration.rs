@@ -1,6 +1,7 @@
 //! previewdb.toml: parsed, validated and resolved once at start-up. Errors name the key.
 
 use crate::domain::{PgIdent, Ttl};
+use crate::pgconn::{PgConnector, SslMode};
 use anyhow::{anyhow, bail, Context};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -44,6 +45,7 @@ enum RawTarget {
         admin_url_env: Option<String>,
         public_host: String,
         public_port: Option<u16>,
+        public_sslmode: Option<String>,
         max_environments: Option<u32>,
         connection_limit: Option<i32>,
         revoke_public_connect: Option<bool>,
@@ -132,6 +134,8 @@ pub struct PostgresTargetConfig {
     pub admin_url: String,
     pub public_host: String,
     pub public_port: u16,
+    /// `sslmode` written into handed-out connection strings, when set.
+    pub public_sslmode: Option<String>,
     pub max_environments: u32,
     /// `CONNECTION LIMIT` of each environment role.
     pub connection_limit: i32,
@@ -213,9 +217,7 @@ impl Config {
             .or(raw.control_url)
             .or_else(|| base.map(|b| b.control_url.clone()))
             .ok_or_else(|| anyhow!("control_url: missing (or set {ENV_CONTROL_URL})"))?;
-        control_url
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| anyhow!("control_url: not a PostgreSQL connection string: {e}"))?;
+        PgConnector::parse(&control_url).map_err(|e| anyhow!("control_url: {e:#}"))?;
         let ttl = |key: &str,
                    v: Option<String>,
                    fallback: Option<Ttl>,
@@ -283,6 +285,7 @@ impl Config {
                     admin_url_env,
                     public_host,
                     public_port,
+                    public_sslmode,
                     max_environments,
                     connection_limit,
                     revoke_public_connect,
@@ -292,13 +295,15 @@ impl Config {
                         .and_then(|v| std::env::var(v).ok())
                         .or(admin_url)
                         .ok_or_else(|| anyhow!("{at}.admin_url: missing"))?;
-                    admin_url.parse::<tokio_postgres::Config>().map_err(|e| {
-                        anyhow!("{at}.admin_url: not a PostgreSQL connection string: {e}")
-                    })?;
+                    PgConnector::parse(&admin_url).map_err(|e| anyhow!("{at}.admin_url: {e:#}"))?;
+                    if let Some(m) = &public_sslmode {
+                        SslMode::parse(m).map_err(|e| anyhow!("{at}.public_sslmode: {e}"))?;
+                    }
                     TargetConfig::Postgres(PostgresTargetConfig {
                         admin_url,
                         public_host,
                         public_port: public_port.unwrap_or(5432),
+                        public_sslmode,
                         max_environments: max_environments.unwrap_or(500),
                         connection_limit: connection_limit.unwrap_or(20),
                         revoke_public_connect: revoke_public_connect.unwrap_or(true),
@@ -427,5 +432,21 @@ mod tests {
             parse("[[tokens]]\nname = \"ci\"\nsha256 = \"zz\"\nscopes = []").unwrap_err()
         );
         assert!(e.contains("tokens[0] (ci).sha256"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse("[targets.tls]\nkind = \"postgres\"\nadmin_url = \"postgres://a:pw@h/p?sslmode=verify-full&sslrootcert=/missing.pem\"\npublic_host = \"h\"").unwrap_err()
+        );
+        assert!(
+            e.contains("targets.tls.admin_url: sslrootcert /missing.pem"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            parse("[targets.tls]\nkind = \"postgres\"\nadmin_url = \"postgres://a@h/p\"\npublic_host = \"h\"\npublic_sslmode = \"always\"").unwrap_err()
+        );
+        assert!(
+            e.contains("targets.tls.public_sslmode: sslmode \"always\""),
+            "{e}"
+        );
     }
 }

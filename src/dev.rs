@@ -95,8 +95,9 @@ fn example_blueprints() -> Option<PathBuf> {
 }
 
 pub async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::Result<()> {
-    let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    let client = crate::pgconn::PgConnector::parse(admin_url)?
+        .connect()
+        .await?;
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
         .await?

@@ -543,7 +543,9 @@ async fn extend_rotate_and_reset() {
         .get(0);
     assert_eq!(n, 0, "reset dropped the data");
 
-    let open = connect(&uri(&env)).await.expect("a session before rotation");
+    let open = connect(&uri(&env))
+        .await
+        .expect("a session before rotation");
     let (status, rotated) = app.post(&format!("{path}/credentials"), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{rotated}");
     assert!(

@@ -27,6 +27,7 @@ async fn target_down_answers_503_and_keeps_state() {
             admin_url: flaky.admin_url("postgres"),
             public_host: "127.0.0.1".into(),
             public_port: flaky.port(),
+            public_sslmode: None,
             max_environments: 10,
             connection_limit: 5,
             revoke_public_connect: true,

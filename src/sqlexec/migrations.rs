@@ -5,49 +5,32 @@
 
 use super::{Item, Mode, Policy, Script, ScriptError};
 use crate::blueprint::{MigrationFormat, SourceFile};
-use tokio_postgres::config::Host;
+use crate::pgconn::PgConnector;
 
-/// Where migrations run: a database reached with `config`, acting as `role` (set at connection
-/// start, so every object they create belongs to that role).
+/// Where migrations run: a database reached through `server`, acting as `role` (set at
+/// connection start, so every object they create belongs to that role).
 #[derive(Clone)]
 pub struct Session {
-    pub config: tokio_postgres::Config,
-    pub role: String,
+    server: PgConnector,
 }
 
 impl Session {
+    pub fn new(server: &PgConnector, role: &str) -> Self {
+        Self {
+            server: server.with_role(role),
+        }
+    }
+
     pub async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let mut cfg = self.config.clone();
-        cfg.options(format!("-c role={}", self.role));
-        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+        self.server.connect().await
     }
 
     /// A one-connection pool: `&PgPool` is what sqlx's migrator accepts without tripping the
     /// compiler's higher-ranked `Send` inference, which `&mut PgConnection` does.
     async fn connect_sqlx(&self) -> Result<sqlx::PgPool, sqlx::Error> {
-        let c = &self.config;
-        let mut opts = sqlx::postgres::PgConnectOptions::new()
-            .username(c.get_user().unwrap_or("postgres"))
-            .database(c.get_dbname().unwrap_or("postgres"))
-            .options([("role", self.role.as_str())]);
-        if let Some(port) = c.get_ports().first() {
-            opts = opts.port(*port);
-        }
-        match c.get_hosts().first() {
-            Some(Host::Unix(path)) => opts = opts.socket(path),
-            Some(Host::Tcp(host)) => opts = opts.host(host),
-            None => {}
-        }
-        if let Some(pw) = c.get_password() {
-            opts = opts.password(&String::from_utf8_lossy(pw));
-        }
         sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
-            .connect_with(opts)
+            .connect_with(self.server.sqlx_options())
             .await
     }
 }

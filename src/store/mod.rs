@@ -9,11 +9,9 @@ pub use record::{EnvRecord, ListFilter, State, StoredConnection};
 use crate::advisory_key;
 use crate::backend::Resources;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 refinery::embed_migrations!("migrations");
@@ -28,7 +26,7 @@ pub enum StoreError {
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        StoreError::Unavailable(e.to_string())
+        StoreError::Unavailable(crate::pgconn::describe(&e))
     }
 }
 
@@ -38,29 +36,6 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct Store {
     pool: Pool,
     local_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
-}
-
-/// Opens a deadpool pool on a connection string, with short connect timeouts so that an
-/// unreachable server is reported quickly instead of hanging a request.
-pub fn connect_pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
-    let mut cfg: tokio_postgres::Config = url.parse()?;
-    if cfg.get_connect_timeout().is_none() {
-        cfg.connect_timeout(Duration::from_secs(5));
-    }
-    cfg.application_name("previewdb");
-    let mgr = Manager::from_config(
-        cfg,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Ok(Pool::builder(mgr)
-        .max_size(max_size)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(Duration::from_secs(30)))
-        .create_timeout(Some(Duration::from_secs(6)))
-        .build()?)
 }
 
 /// Holds the per-key lock that serialises every change to one environment key, across this
@@ -89,7 +64,7 @@ const COLUMNS: &str = "id, key, target, isolation, blueprint, blueprint_hash, se
 impl Store {
     /// Connects and brings the schema up to date (one replica at a time).
     pub async fn open(url: &str) -> anyhow::Result<Self> {
-        let pool = connect_pool(url, 32)?;
+        let pool = crate::pgconn::PgConnector::parse(url)?.pool(32)?;
         let store = Self {
             pool,
             local_locks: Default::default(),

@@ -11,6 +11,7 @@ use super::{
 use crate::blueprint::{Blueprint, MigrationFormat, SourceFile};
 use crate::configuration::PostgresTargetConfig;
 use crate::domain::{Isolation, PgIdent};
+use crate::pgconn::PgConnector;
 use crate::sqlexec::migrations::{self, Session};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -41,7 +42,7 @@ pub struct PostgresBackend {
 struct Inner {
     cfg: PostgresTargetConfig,
     admin: Pool,
-    admin_config: tokio_postgres::Config,
+    admin_server: PgConnector,
     server: OnceCell<ServerInfo>,
     templates: template::Templates,
     pool: pool::WarmPool,
@@ -49,17 +50,13 @@ struct Inner {
 
 impl PostgresBackend {
     pub fn new(cfg: PostgresTargetConfig) -> anyhow::Result<Self> {
-        let admin = crate::store::connect_pool(&cfg.admin_url, 16)?;
-        let mut admin_config: tokio_postgres::Config = cfg.admin_url.parse()?;
-        if admin_config.get_connect_timeout().is_none() {
-            admin_config.connect_timeout(Duration::from_secs(5));
-        }
-        admin_config.application_name("previewdb");
+        let admin_server = PgConnector::parse(&cfg.admin_url)?;
+        let admin = admin_server.pool(16)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
                 admin,
-                admin_config,
+                admin_server,
                 server: OnceCell::new(),
                 templates: Default::default(),
                 pool: Default::default(),
@@ -105,7 +102,10 @@ impl Inner {
             .get()
             .await
             .map_err(|e| BackendError::Unavailable {
-                message: format!("cannot reach the target's admin connection: {e}"),
+                message: format!(
+                    "cannot reach the target's admin connection: {}",
+                    crate::pgconn::describe(&e)
+                ),
                 retry_after: Some(Duration::from_secs(5)),
             })
     }
@@ -149,23 +149,13 @@ impl Inner {
     }
 
     /// The admin's connection settings, pointed at another database of the target.
-    fn db_config(&self, database: &str) -> tokio_postgres::Config {
-        let mut cfg = self.admin_config.clone();
-        cfg.dbname(database);
-        cfg
+    fn db_server(&self, database: &str) -> PgConnector {
+        self.admin_server.with_dbname(database)
     }
 
     /// A dedicated admin connection to `database`, closed when dropped.
     async fn connect_db(&self, database: &str) -> Result<tokio_postgres::Client, BackendError> {
-        let (client, conn) = self
-            .db_config(database)
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(db_err)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+        self.db_server(database).connect().await.map_err(db_err)
     }
 
     fn connection(&self, db: &PgIdent, role: &PgIdent, password: Secret) -> Connection {
@@ -176,7 +166,12 @@ impl Inner {
             schema: None,
             user: role.as_str().to_owned(),
             password,
-            params: vec![],
+            params: self
+                .cfg
+                .public_sslmode
+                .iter()
+                .map(|m| ("sslmode".to_owned(), m.clone()))
+                .collect(),
         }
     }
 
@@ -288,10 +283,7 @@ impl Inner {
         let mut files: Vec<SourceFile> =
             blueprint.map(|b| b.migrations.clone()).unwrap_or_default();
         files.extend_from_slice(extra);
-        let session = Session {
-            config: self.db_config(db.as_str()),
-            role: role.as_str().to_owned(),
-        };
+        let session = Session::new(&self.db_server(db.as_str()), role.as_str());
         migrations::apply(format, &session, &files)
             .await
             .map_err(|e| BackendError::Migration {
@@ -613,7 +605,7 @@ pub(crate) fn db_err(e: tokio_postgres::Error) -> BackendError {
             BackendError::Failed { message }
         }
         None => BackendError::Unavailable {
-            message: e.to_string(),
+            message: crate::pgconn::describe(&e),
             retry_after: Some(Duration::from_secs(5)),
         },
     }

@@ -295,10 +295,7 @@ async fn build(
                 })?;
         }
     }
-    let session = migrations::Session {
-        config: inner.db_config(name),
-        role: BUILDER_ROLE.to_owned(),
-    };
+    let session = migrations::Session::new(&inner.db_server(name), BUILDER_ROLE);
     let mut warnings = vec![];
     let tolerant = Policy {
         tolerate_missing_roles: true,
@@ -436,7 +433,7 @@ pub async fn collect_garbage(
             );
         match dropped_ok {
             Ok(()) => {
-                if super::pool::is_pool_mark(&comment) {
+                if super::pool::is_pool_mark(comment) {
                     let _ = admin
                         .batch_execute(&format!("DROP ROLE IF EXISTS {n}"))
                         .await;

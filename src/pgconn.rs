@@ -1,0 +1,454 @@
+//! How previewdb reaches a PostgreSQL server: a connection string read the way libpq reads its
+//! `sslmode` and `sslrootcert`, and one TLS connector (rustls) shared by every connection made
+//! from it — the control store's pool, a target's admin, template builds and migration
+//! sessions, sqlx's included.
+//!
+//! tokio-postgres knows only `disable | prefer | require`; `verify-ca`, `verify-full` and
+//! `sslrootcert` are taken out of the URL here and enforced by the certificate verifier.
+
+use anyhow::{anyhow, bail, Context};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// libpq's `sslmode`, minus `allow` (which no server needs today).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    /// libpq's default: TLS when the server offers it, the certificate unchecked.
+    Prefer,
+    /// TLS or no connection; the certificate is checked only when `sslrootcert` is given.
+    Require,
+    /// TLS, the certificate chained to a trusted root.
+    VerifyCa,
+    /// TLS, the certificate chained to a trusted root and naming the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "disable" => Self::Disable,
+            "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            other => bail!(
+                "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+            ),
+        })
+    }
+}
+
+/// Connection settings and the TLS connector that honours them.
+#[derive(Clone)]
+pub struct PgConnector {
+    config: tokio_postgres::Config,
+    ssl_mode: SslMode,
+    /// The role every session assumes at start (`-c role=…`), so what it creates is the role's.
+    role: Option<String>,
+    /// `sslrootcert`: a PEM file of trusted roots; `None` trusts the webpki roots.
+    root_cert: Option<PathBuf>,
+    tls: MakeRustlsConnect,
+}
+
+impl std::fmt::Debug for PgConnector {
+    // The config holds the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConnector")
+            .field("hosts", &self.config.get_hosts())
+            .field("dbname", &self.config.get_dbname())
+            .field("ssl_mode", &self.ssl_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgConnector {
+    /// Reads a connection string (URL or `key=value` form). Errors name the problem, never the
+    /// password.
+    pub fn parse(url: &str) -> anyhow::Result<Self> {
+        let (rest, sslmode, root_cert) = take_tls_params(url)?;
+        let mut config: tokio_postgres::Config = rest
+            .parse()
+            .map_err(|e| anyhow!("not a PostgreSQL connection string: {e}"))?;
+        let ssl_mode = match sslmode {
+            Some(m) => SslMode::parse(&m)?,
+            None => SslMode::Prefer,
+        };
+        config.ssl_mode(match ssl_mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("previewdb");
+        }
+        let root_cert = root_cert.filter(|p| p != "system").map(PathBuf::from);
+        let tls = MakeRustlsConnect::new(client_config(ssl_mode, root_cert.as_ref())?);
+        Ok(Self {
+            config,
+            ssl_mode,
+            role: None,
+            root_cert,
+            tls,
+        })
+    }
+
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// The same server and credentials, another database.
+    pub fn with_dbname(&self, database: &str) -> Self {
+        let mut c = self.clone();
+        c.config.dbname(database);
+        c
+    }
+
+    /// The same, every session acting as `role` from its start.
+    pub fn with_role(&self, role: &str) -> Self {
+        let mut c = self.clone();
+        c.config.options(format!("-c role={role}"));
+        c.role = Some(role.to_owned());
+        c
+    }
+
+    /// One connection, its I/O driven by a task of its own; closed when the client is dropped.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = self.config.connect(self.tls.clone()).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    pub fn pool(&self, max_size: usize) -> anyhow::Result<deadpool_postgres::Pool> {
+        use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+        let mgr = Manager::from_config(
+            self.config.clone(),
+            self.tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        Ok(Pool::builder(mgr)
+            .max_size(max_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(6)))
+            .build()?)
+    }
+
+    /// The same settings for sqlx, which reads `sslmode`/`sslrootcert` as libpq does.
+    pub fn sqlx_options(&self) -> sqlx::postgres::PgConnectOptions {
+        use sqlx::postgres::PgSslMode;
+        use tokio_postgres::config::Host;
+        let c = &self.config;
+        let mut opts = sqlx::postgres::PgConnectOptions::new()
+            .username(c.get_user().unwrap_or("postgres"))
+            .database(c.get_dbname().unwrap_or("postgres"))
+            .ssl_mode(match self.ssl_mode {
+                SslMode::Disable => PgSslMode::Disable,
+                SslMode::Prefer => PgSslMode::Prefer,
+                SslMode::Require => PgSslMode::Require,
+                SslMode::VerifyCa => PgSslMode::VerifyCa,
+                SslMode::VerifyFull => PgSslMode::VerifyFull,
+            });
+        if let Some(root) = &self.root_cert {
+            opts = opts.ssl_root_cert(root);
+        }
+        if let Some(port) = c.get_ports().first() {
+            opts = opts.port(*port);
+        }
+        match c.get_hosts().first() {
+            Some(Host::Unix(path)) => opts = opts.socket(path),
+            Some(Host::Tcp(host)) => opts = opts.host(host),
+            None => {}
+        }
+        if let Some(pw) = c.get_password() {
+            opts = opts.password(&String::from_utf8_lossy(pw));
+        }
+        if let Some(role) = &self.role {
+            opts = opts.options([("role", role.as_str())]);
+        }
+        opts
+    }
+}
+
+/// An error with its causes: tokio-postgres and deadpool print only the outermost ("error
+/// performing TLS handshake"), while what an operator needs is the innermost ("invalid peer
+/// certificate: UnknownIssuer").
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// Splits `sslmode` and `sslrootcert` off a URL's query (tokio-postgres would refuse
+/// `verify-*` and `sslrootcert`). The `key=value` form keeps its `sslmode` as tokio-postgres
+/// reads it.
+fn take_tls_params(url: &str) -> anyhow::Result<(String, Option<String>, Option<String>)> {
+    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    if !is_url {
+        let mode = url
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("sslmode="))
+            .map(|m| m.trim_matches('\'').to_owned());
+        return Ok((url.to_owned(), mode, None));
+    }
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), None, None));
+    };
+    let (mut sslmode, mut root) = (None, None);
+    let mut kept = vec![];
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = || {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .with_context(|| format!("{k}: not UTF-8"))
+        };
+        match k {
+            "sslmode" => sslmode = Some(value()?),
+            "sslrootcert" => root = Some(value()?),
+            _ => kept.push(pair),
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((rest, sslmode, root))
+}
+
+fn client_config(
+    mode: SslMode,
+    root_cert: Option<&PathBuf>,
+) -> anyhow::Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // As libpq: `require` with a root certificate behaves as `verify-ca`.
+    let verify = match (mode, root_cert) {
+        (SslMode::VerifyFull, _) => Verify::Full,
+        (SslMode::VerifyCa, _) | (SslMode::Require, Some(_)) => Verify::Chain,
+        _ => Verify::Nothing,
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = match verify {
+        Verify::Nothing => Arc::new(AcceptAnyCertificate(provider.clone())),
+        Verify::Chain | Verify::Full => {
+            let roots = Arc::new(root_store(root_cert)?);
+            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .context("TLS verifier")?;
+            if verify == Verify::Full {
+                webpki
+            } else {
+                Arc::new(ChainOnly(webpki))
+            }
+        }
+    };
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+#[derive(PartialEq)]
+enum Verify {
+    Nothing,
+    Chain,
+    Full,
+}
+
+fn root_store(file: Option<&PathBuf>) -> anyhow::Result<RootCertStore> {
+    let Some(path) = file else {
+        return Ok(RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        });
+    };
+    let mut store = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("sslrootcert {}: cannot read", path.display()))?;
+    for cert in certs {
+        let cert = cert.with_context(|| format!("sslrootcert {}: not PEM", path.display()))?;
+        store
+            .add(cert)
+            .with_context(|| format!("sslrootcert {}: not a certificate", path.display()))?;
+    }
+    if store.is_empty() {
+        bail!("sslrootcert {}: holds no certificate", path.display());
+    }
+    Ok(store)
+}
+
+/// `sslmode=prefer|require` without a root: encrypted, the peer unauthenticated (libpq's
+/// meaning). The handshake's signatures are still checked.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+/// `verify-ca`: the chain must lead to a trusted root; the name in it is not compared.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libpq_tls_parameters_are_read_and_removed_from_the_url() {
+        let c = PgConnector::parse(
+            "postgres://u:p@db.example:5433/app?sslmode=verify-full&application_name=x&sslrootcert=system",
+        )
+        .unwrap();
+        assert_eq!(c.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(c.root_cert, None);
+        assert_eq!(c.config.get_application_name(), Some("x"));
+        assert_eq!(c.config.get_ports(), &[5433]);
+        assert_eq!(
+            c.config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+
+        let plain = PgConnector::parse("postgres://u@h/db").unwrap();
+        assert_eq!(plain.ssl_mode, SslMode::Prefer, "libpq's default");
+        assert_eq!(plain.config.get_application_name(), Some("previewdb"));
+        let kv = PgConnector::parse("host=h user=u sslmode=disable").unwrap();
+        assert_eq!(kv.ssl_mode, SslMode::Disable);
+    }
+
+    #[test]
+    fn bad_tls_parameters_are_named() {
+        let e = PgConnector::parse("postgres://u@h/db?sslmode=verify-maybe").unwrap_err();
+        assert!(e.to_string().contains("sslmode \"verify-maybe\""), "{e}");
+        let e =
+            PgConnector::parse("postgres://u@h/db?sslmode=require&sslrootcert=/nonexistent.pem")
+                .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("sslrootcert /nonexistent.pem"),
+            "{e:#}"
+        );
+        let e = PgConnector::parse("postgres://u:secret-pw@h/db?bogus=1").unwrap_err();
+        assert!(!format!("{e:#}").contains("secret-pw"), "{e:#}");
+    }
+
+    #[test]
+    fn sqlx_gets_the_same_settings() {
+        let c = PgConnector::parse("postgres://u:pw@db.example:6543/app?sslmode=require")
+            .unwrap()
+            .with_role("env_role");
+        let o = c.sqlx_options();
+        assert_eq!(o.get_host(), "db.example");
+        assert_eq!(o.get_port(), 6543);
+        assert_eq!(o.get_database(), Some("app"));
+        assert_eq!(o.get_options(), Some("-c role=env_role"));
+    }
+}
