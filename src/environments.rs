@@ -9,11 +9,12 @@ use crate::backend::{
 };
 use crate::blueprint::{Blueprint, SourceFile};
 use crate::domain::{EnvKey, InvalidInput, Isolation, Labels, Ttl};
+use crate::metrics::{error_outcome, Metrics, Operation};
 use crate::store::{EnvRecord, ListFilter, Sealer, State, Store, StoreError, StoredConnection};
 use chrono::{SubsecRound, Utc};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// A provisioning backend as configured under `[targets.NAME]`.
@@ -145,6 +146,7 @@ pub struct Environments {
     targets: BTreeMap<String, Target>,
     blueprints: BTreeMap<String, Arc<Blueprint>>,
     defaults: Defaults,
+    metrics: Metrics,
 }
 
 impl Environments {
@@ -166,7 +168,22 @@ impl Environments {
             targets,
             blueprints,
             defaults,
+            metrics: Metrics::new(),
         })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counts how an operation ended: `Ok` with the name of its success, or its error.
+    fn count(
+        &self,
+        operation: Operation,
+        outcome: std::result::Result<&'static str, &ServiceError>,
+    ) {
+        self.metrics
+            .operation(operation, outcome.unwrap_or_else(error_outcome));
     }
 
     pub fn blueprints(&self) -> impl Iterator<Item = &Arc<Blueprint>> {
@@ -259,7 +276,21 @@ impl Environments {
     /// (`Ok((env, false))`). Runs to completion even if the caller goes away.
     pub async fn create(self: &Arc<Self>, spec: CreateSpec) -> Result<(Env, bool)> {
         let this = self.clone();
-        join(tokio::spawn(async move { this.create_inner(spec).await })).await
+        join(tokio::spawn(async move {
+            let started = Instant::now();
+            let result = this.create_inner(spec).await;
+            if let Ok((env, created)) = &result {
+                this.metrics
+                    .create_answered(&env.record.target, *created, started.elapsed());
+            }
+            let success = |(_, created): &(Env, bool)| match created {
+                true => "created",
+                false => "existing",
+            };
+            this.count(Operation::Create, result.as_ref().map(success));
+            result
+        }))
+        .await
     }
 
     async fn create_inner(&self, spec: CreateSpec) -> Result<(Env, bool)> {
@@ -503,15 +534,22 @@ impl Environments {
 
     /// Revokes, disconnects and drops; answers the tombstone, also for an already deleted one.
     pub async fn delete(self: &Arc<Self>, reference: &str) -> Result<Env> {
-        let record = self.find(reference).await?;
         let this = self.clone();
+        let reference = reference.to_owned();
         join(tokio::spawn(async move {
-            this.delete_locked(record.id, &record.key).await
+            let result = match this.find(&reference).await {
+                Ok(record) => this.delete_locked(record.id, &record.key).await,
+                Err(e) => Err(e),
+            };
+            this.count(Operation::Delete, result.as_ref().map(|_| "ok"));
+            result.map(|(env, _)| env)
         }))
         .await
     }
 
-    async fn delete_locked(&self, id: Uuid, key: &str) -> Result<Env> {
+    /// Deletes under the key's lock; `true` if this call tore the environment down, `false` if
+    /// it was already deleted.
+    async fn delete_locked(&self, id: Uuid, key: &str) -> Result<(Env, bool)> {
         let _lock = self.store.lock_key(key).await?;
         let record = self
             .store
@@ -519,10 +557,11 @@ impl Environments {
             .await?
             .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
         if record.state == State::Deleted {
-            return Ok(Env {
+            let env = Env {
                 record,
                 password: None,
-            });
+            };
+            return Ok((env, false));
         }
         if record.state != State::Failed {
             self.store.mark_deleting(id).await?;
@@ -538,14 +577,20 @@ impl Environments {
             .get_by_id(id)
             .await?
             .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
-        Ok(Env {
+        let env = Env {
             record,
             password: None,
-        })
+        };
+        Ok((env, true))
     }
 
-    /// Runs `op` on a ready environment under its key's lock.
-    async fn with_ready<T, F>(self: &Arc<Self>, reference: &str, op: F) -> Result<T>
+    /// Runs `op` on a ready environment under its key's lock, and counts it as `operation`.
+    async fn with_ready<T, F>(
+        self: &Arc<Self>,
+        operation: Operation,
+        reference: &str,
+        op: F,
+    ) -> Result<T>
     where
         T: Send + 'static,
         F: for<'a> FnOnce(
@@ -556,44 +601,56 @@ impl Environments {
             + Send
             + 'static,
     {
-        let record = self.find(reference).await?;
         let this = self.clone();
+        let reference = reference.to_owned();
         join(tokio::spawn(async move {
-            let _lock = this.store.lock_key(&record.key).await?;
-            let record = this
-                .store
-                .get_by_id(record.id)
-                .await?
-                .ok_or_else(|| ServiceError::NotFound(record.id.to_string()))?;
-            if record.state != State::Ready {
-                return Err(ServiceError::NotReady(format!(
-                    "environment is {}, not ready",
-                    record.state.as_str()
-                )));
+            let result = async {
+                let record = this.find(&reference).await?;
+                let _lock = this.store.lock_key(&record.key).await?;
+                let record = this
+                    .store
+                    .get_by_id(record.id)
+                    .await?
+                    .ok_or_else(|| ServiceError::NotFound(record.id.to_string()))?;
+                if record.state != State::Ready {
+                    return Err(ServiceError::NotReady(format!(
+                        "environment is {}, not ready",
+                        record.state.as_str()
+                    )));
+                }
+                let target = this.target(&record.target)?;
+                op(&this, record, target).await
             }
-            let target = this.target(&record.target)?;
-            op(&this, record, target).await
+            .await;
+            this.count(operation, result.as_ref().map(|_| "ok"));
+            result
         }))
         .await
     }
 
     pub async fn extend(self: &Arc<Self>, reference: &str, ttl: Ttl) -> Result<Env> {
-        let ttl = self.ttl(Some(ttl))?;
-        self.with_ready(reference, move |this, mut record, target| {
-            Box::pin(async move {
-                let expires_at = Utc::now().trunc_subsecs(6) + ttl.as_chrono();
-                target.backend.extend(&record.resources, expires_at).await?;
-                this.store.set_expiry(record.id, expires_at).await?;
-                record.expires_at = expires_at;
-                let password = Some(this.open_password(&record)?);
-                Ok(Env { record, password })
-            })
-        })
+        let ttl = self
+            .ttl(Some(ttl))
+            .inspect_err(|e| self.count(Operation::Extend, Err(e)))?;
+        self.with_ready(
+            Operation::Extend,
+            reference,
+            move |this, mut record, target| {
+                Box::pin(async move {
+                    let expires_at = Utc::now().trunc_subsecs(6) + ttl.as_chrono();
+                    target.backend.extend(&record.resources, expires_at).await?;
+                    this.store.set_expiry(record.id, expires_at).await?;
+                    record.expires_at = expires_at;
+                    let password = Some(this.open_password(&record)?);
+                    Ok(Env { record, password })
+                })
+            },
+        )
         .await
     }
 
     pub async fn rotate_credentials(self: &Arc<Self>, reference: &str) -> Result<Env> {
-        self.with_ready(reference, |this, mut record, target| {
+        self.with_ready(Operation::Rotate, reference, |this, mut record, target| {
             Box::pin(async move {
                 let connection = target
                     .backend
@@ -613,7 +670,7 @@ impl Environments {
     }
 
     pub async fn reset(self: &Arc<Self>, reference: &str) -> Result<Env> {
-        self.with_ready(reference, |this, record, target| {
+        self.with_ready(Operation::Reset, reference, |this, record, target| {
             Box::pin(async move {
                 let blueprint = record
                     .blueprint
@@ -636,37 +693,54 @@ impl Environments {
         reference: &str,
         migrations: Vec<SourceFile>,
     ) -> Result<(Env, usize)> {
-        self.with_ready(reference, move |this, record, target| {
-            Box::pin(async move {
-                let blueprint = record
-                    .blueprint
-                    .as_deref()
-                    .and_then(|b| this.blueprints.get(b))
-                    .cloned();
-                let format = blueprint
-                    .as_ref()
-                    .map_or(crate::blueprint::MigrationFormat::Plain, |b| b.format);
-                for m in &migrations {
-                    format
-                        .check_name(&m.name)
-                        .map_err(|e| InvalidInput::new("migrations", e))?;
-                }
-                let applied = target
-                    .backend
-                    .migrate(&record.resources, blueprint.as_deref(), &migrations)
-                    .await?;
-                let password = Some(this.open_password(&record)?);
-                Ok((Env { record, password }, applied))
-            })
-        })
+        self.with_ready(
+            Operation::Migrate,
+            reference,
+            move |this, record, target| {
+                Box::pin(async move {
+                    let blueprint = record
+                        .blueprint
+                        .as_deref()
+                        .and_then(|b| this.blueprints.get(b))
+                        .cloned();
+                    let format = blueprint
+                        .as_ref()
+                        .map_or(crate::blueprint::MigrationFormat::Plain, |b| b.format);
+                    for m in &migrations {
+                        format
+                            .check_name(&m.name)
+                            .map_err(|e| InvalidInput::new("migrations", e))?;
+                    }
+                    let applied = target
+                        .backend
+                        .migrate(&record.resources, blueprint.as_deref(), &migrations)
+                        .await?;
+                    let password = Some(this.open_password(&record)?);
+                    Ok((Env { record, password }, applied))
+                })
+            },
+        )
         .await
     }
 
-    /// Deletes every expired environment now.
+    /// Deletes every expired environment now. Counted apart from the callers' deletes, and
+    /// only what this sweep tore down itself (another replica's sweep may have been first).
     pub async fn sweep(self: &Arc<Self>) -> Result<SweepReport> {
         let mut report = SweepReport::default();
         for rec in self.store.expired(Utc::now()).await? {
-            match self.delete(&rec.id.to_string()).await {
+            let this = self.clone();
+            let (id, key) = (rec.id, rec.key.clone());
+            let outcome = join(tokio::spawn(async move {
+                let result = this.delete_locked(id, &key).await;
+                match &result {
+                    Ok((_, true)) => this.metrics.swept(true),
+                    Ok((_, false)) => {}
+                    Err(_) => this.metrics.swept(false),
+                }
+                result
+            }))
+            .await;
+            match outcome {
                 Ok(_) => report.deleted.push(SweptEnv {
                     id: rec.id,
                     key: rec.key,

@@ -10,6 +10,7 @@ pub mod embedded;
 pub mod environments;
 pub mod http;
 pub mod lifecycle;
+pub mod metrics;
 pub mod pgconn;
 pub mod sqlexec;
 pub mod startup;

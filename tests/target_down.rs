@@ -73,6 +73,26 @@ async fn target_down_answers_503_and_keeps_state() {
         .unwrap()
         .clone();
     assert_eq!(t["health"]["healthy"], false, "{t}");
+    // What an operator's dashboard shows: the target down, the failures the service's own.
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let samples = parse_metrics(&text);
+    let up = metric_series(&samples, "previewdb_target_up");
+    assert_eq!(
+        (up["target=flaky"], up["target=local"]),
+        (0.0, 1.0),
+        "{text}"
+    );
+    let operations = metric_series(&samples, "previewdb_operations_total");
+    assert_eq!(operations["operation=create,outcome=error"], 1.0, "{text}");
+    assert_eq!(operations["operation=delete,outcome=error"], 1.0, "{text}");
 
     // The target comes back: the interrupted deletion completes, nothing is left on it.
     let flaky = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data))

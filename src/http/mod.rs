@@ -10,11 +10,14 @@ pub use error::ApiError;
 
 use crate::configuration::ApiToken;
 use crate::environments::Environments;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request};
-use axum::http::HeaderName;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::http::{HeaderName, Method};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
+use std::time::Instant;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -56,8 +59,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/targets", get(system::targets))
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
+        .route("/metrics", get(system::metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request| {
                 let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
@@ -67,4 +72,28 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Counts a request under its route template (`/v1/environments/{ref}`), never its path, which
+/// carries environment keys; unrouted requests count as `unmatched`.
+async fn count_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let route = route.as_ref().map_or("unmatched", |r| r.as_str());
+    state
+        .envs
+        .metrics()
+        .request(method, route, response.status().as_u16(), started.elapsed());
+    response
 }

@@ -1,11 +1,11 @@
-//! Service-wide endpoints: health, readiness, targets, sweep.
+//! Service-wide endpoints: health, readiness, metrics, targets, sweep.
 
 use super::auth::Caller;
 use super::{ApiError, AppState};
 use crate::configuration::Scope;
 use crate::environments::SweepReport;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -22,6 +22,12 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             Json(json!({ "status": "unavailable", "error": e.to_string() })),
         ),
     }
+}
+
+/// Prometheus metrics, without a token like `/healthz`: nothing in them names an environment.
+pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    let body = crate::metrics::render(&state.envs).await;
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body)
 }
 
 pub async fn targets(

@@ -317,6 +317,24 @@ impl Store {
         Ok(row.get(0))
     }
 
+    /// How many environments each target holds in each state, tombstones included; states
+    /// without any are left out.
+    pub async fn count_by_target_and_state(&self) -> Result<Vec<(String, State, i64)>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT target, state, count(*) FROM environments GROUP BY target, state",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| Some((r.get(0), State::parse(r.get(1))?, r.get(2))))
+            .collect())
+    }
+
     /// Template hashes that live environments were made from (reset needs them). Across all
     /// targets: two targets may share a cluster, and a hash names the same content everywhere.
     pub async fn live_blueprint_hashes(&self) -> Result<Vec<String>> {

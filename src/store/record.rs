@@ -18,6 +18,14 @@ pub enum State {
 }
 
 impl State {
+    pub const ALL: [State; 5] = [
+        State::Provisioning,
+        State::Ready,
+        State::Deleting,
+        State::Deleted,
+        State::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Provisioning => "provisioning",
@@ -29,15 +37,7 @@ impl State {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            State::Provisioning,
-            State::Ready,
-            State::Deleting,
-            State::Deleted,
-            State::Failed,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
+        State::ALL.into_iter().find(|st| st.as_str() == s)
     }
 }
 

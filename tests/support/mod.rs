@@ -8,6 +8,7 @@ use previewdb::embedded::EmbeddedPostgres;
 use previewdb::startup::Application;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use tokio::sync::OnceCell;
@@ -203,4 +204,63 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.as_db_error()
         .map(|d| d.code().code().to_owned())
         .unwrap_or_else(|| format!("no db error: {e}"))
+}
+
+/// One sample of the exposition: metric name, labels, value.
+pub type Sample = (String, BTreeMap<String, String>, f64);
+
+/// Parses `GET /metrics` (OpenMetrics text): `name{a="x",b="y"} value`, `#` lines skipped.
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("name and value");
+            let value: f64 = value.parse().expect("numeric value");
+            let Some((name, rest)) = series.split_once('{') else {
+                return (series.to_owned(), BTreeMap::new(), value);
+            };
+            let mut labels = BTreeMap::new();
+            let mut chars = rest.strip_suffix('}').expect("closing brace").chars();
+            loop {
+                let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+                if key.is_empty() {
+                    break;
+                }
+                assert_eq!(chars.next(), Some('"'), "{line}");
+                let mut val = String::new();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => match chars.next() {
+                            Some('n') => val.push('\n'),
+                            Some(c) => val.push(c),
+                            None => panic!("dangling escape in {line}"),
+                        },
+                        '"' => break,
+                        c => val.push(c),
+                    }
+                }
+                labels.insert(key, val);
+                if chars.next() != Some(',') {
+                    break;
+                }
+            }
+            (name.to_owned(), labels, value)
+        })
+        .collect()
+}
+
+/// The values of metric `name`, keyed by its labels rendered as `a=x,b=y`.
+pub fn metric_series(samples: &[Sample], name: &str) -> BTreeMap<String, f64> {
+    samples
+        .iter()
+        .filter(|(n, _, _)| n == name)
+        .map(|(_, labels, v)| {
+            let key = labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            (key, *v)
+        })
+        .collect()
 }
