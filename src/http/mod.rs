@@ -4,6 +4,7 @@ mod auth;
 mod blueprints;
 mod environments;
 mod error;
+mod openapi;
 mod system;
 
 pub use error::ApiError;
@@ -56,6 +57,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/targets", get(system::targets))
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
+        .route("/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(
