@@ -1,11 +1,11 @@
 //! `/v1/blueprints`: what each blueprint is made of, and its template and pool on each target.
 
 use super::auth::Caller;
-use super::{ApiError, AppState};
+use super::{ApiError, ApiPath, AppState};
 use crate::backend::BlueprintStatus;
 use crate::blueprint::Blueprint;
 use crate::configuration::Scope;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -42,7 +42,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
     let targets = state.envs.blueprint_status(&name).await?;
@@ -52,7 +52,7 @@ pub async fn get(
 pub async fn prepare(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Admin)?;
     let targets = state.envs.prepare_blueprint(&name).await?;

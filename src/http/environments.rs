@@ -1,13 +1,13 @@
 //! `/v1/environments`: thin handlers that parse, authorise and delegate to `Environments`.
 
 use super::auth::Caller;
-use super::{ApiError, ApiJson, AppState};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::blueprint::SourceFile;
 use crate::configuration::Scope;
 use crate::domain::{EnvKey, Isolation, Labels, Ttl};
 use crate::environments::{CreateSpec, Env};
 use crate::store::{EnvRecord, ListFilter, State};
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::State as AxState;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -196,7 +196,7 @@ pub struct ListView {
 pub async fn list(
     AxState(state): AxState<AppState>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ListView>, ApiError> {
     caller.require(Scope::Read)?;
     let mut filter = ListFilter {
@@ -236,8 +236,8 @@ pub struct GetQuery {
 pub async fn get(
     AxState(state): AxState<AppState>,
     caller: Caller,
-    Path(reference): Path<String>,
-    Query(q): Query<GetQuery>,
+    ApiPath(reference): ApiPath<String>,
+    ApiQuery(q): ApiQuery<GetQuery>,
 ) -> Result<Json<EnvView>, ApiError> {
     caller.require(Scope::Read)?;
     Ok(Json(state.envs.get(&reference, q.reveal).await?.into()))
@@ -246,7 +246,7 @@ pub async fn get(
 pub async fn delete(
     AxState(state): AxState<AppState>,
     caller: Caller,
-    Path(reference): Path<String>,
+    ApiPath(reference): ApiPath<String>,
 ) -> Result<Json<EnvView>, ApiError> {
     caller.require(Scope::Delete)?;
     Ok(Json(state.envs.delete(&reference).await?.into()))
@@ -261,7 +261,7 @@ pub struct ExtendBody {
 pub async fn extend(
     AxState(state): AxState<AppState>,
     caller: Caller,
-    Path(reference): Path<String>,
+    ApiPath(reference): ApiPath<String>,
     ApiJson(body): ApiJson<ExtendBody>,
 ) -> Result<Json<EnvView>, ApiError> {
     caller.require(Scope::Write)?;
@@ -272,7 +272,7 @@ pub async fn extend(
 pub async fn rotate_credentials(
     AxState(state): AxState<AppState>,
     caller: Caller,
-    Path(reference): Path<String>,
+    ApiPath(reference): ApiPath<String>,
 ) -> Result<Json<EnvView>, ApiError> {
     caller.require(Scope::Write)?;
     Ok(Json(
@@ -283,7 +283,7 @@ pub async fn rotate_credentials(
 pub async fn reset(
     AxState(state): AxState<AppState>,
     caller: Caller,
-    Path(reference): Path<String>,
+    ApiPath(reference): ApiPath<String>,
 ) -> Result<Json<EnvView>, ApiError> {
     caller.require(Scope::Write)?;
     Ok(Json(state.envs.reset(&reference).await?.into()))
@@ -305,7 +305,7 @@ pub struct MigrateView {
 pub async fn migrate(
     AxState(state): AxState<AppState>,
     caller: Caller,
-    Path(reference): Path<String>,
+    ApiPath(reference): ApiPath<String>,
     ApiJson(body): ApiJson<MigrateBody>,
 ) -> Result<Json<MigrateView>, ApiError> {
     caller.require(Scope::Write)?;

@@ -4,13 +4,17 @@ mod auth;
 mod blueprints;
 mod environments;
 mod error;
+mod openapi;
 mod system;
 
 pub use error::ApiError;
 
 use crate::configuration::ApiToken;
 use crate::environments::Environments;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State,
+};
+use axum::http::request::Parts;
 use axum::http::{HeaderName, Method};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -25,6 +29,43 @@ use tower_http::trace::TraceLayer;
 pub struct AppState {
     pub envs: Arc<Environments>,
     pub tokens: Arc<Vec<ApiToken>>,
+}
+
+/// `axum::extract::Query` whose rejections are problem+json (code `invalid_query`).
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(v) = Query::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::new(r.status(), "invalid_query", r.body_text()))?;
+        Ok(ApiQuery(v))
+    }
+}
+
+/// `axum::extract::Path` whose rejections (e.g. bad percent-encoding) are problem+json (code
+/// `invalid_path`).
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(v) = Path::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::new(r.status(), "invalid_path", r.body_text()))?;
+        Ok(ApiPath(v))
+    }
 }
 
 /// `axum::Json` whose rejections are problem+json.
@@ -60,6 +101,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
+        .route("/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), count_request))
