@@ -52,8 +52,8 @@ impl SslMode {
 pub struct PgConnector {
     config: tokio_postgres::Config,
     ssl_mode: SslMode,
-    /// The role every session assumes at start (`-c role=…`), so what it creates is the role's.
-    role: Option<String>,
+    /// Settings every session starts with (`-c name=value`), e.g. the role it acts as.
+    settings: Vec<(String, String)>,
     /// `sslrootcert`: a PEM file of trusted roots; `None` trusts the webpki roots.
     root_cert: Option<PathBuf>,
     tls: MakeRustlsConnect,
@@ -98,7 +98,7 @@ impl PgConnector {
         Ok(Self {
             config,
             ssl_mode,
-            role: None,
+            settings: vec![],
             root_cert,
             tls,
         })
@@ -115,11 +115,28 @@ impl PgConnector {
         c
     }
 
-    /// The same, every session acting as `role` from its start.
+    /// The same, every session acting as `role` from its start, so what it creates is the
+    /// role's.
     pub fn with_role(&self, role: &str) -> Self {
+        self.with_setting("role", role)
+    }
+
+    /// The same, every session starting with `name = value`. The value must hold no spaces or
+    /// backslashes (it travels in the startup packet's `options`); previewdb passes identifiers.
+    pub fn with_setting(&self, name: &str, value: &str) -> Self {
+        assert!(
+            !value.contains([' ', '\\']),
+            "setting {name} holds a space or backslash"
+        );
         let mut c = self.clone();
-        c.config.options(format!("-c role={role}"));
-        c.role = Some(role.to_owned());
+        c.settings.retain(|(n, _)| n != name);
+        c.settings.push((name.to_owned(), value.to_owned()));
+        let options: Vec<String> = c
+            .settings
+            .iter()
+            .map(|(n, v)| format!("-c {n}={v}"))
+            .collect();
+        c.config.options(options.join(" "));
         c
     }
 
@@ -178,9 +195,7 @@ impl PgConnector {
         if let Some(pw) = c.get_password() {
             opts = opts.password(&String::from_utf8_lossy(pw));
         }
-        if let Some(role) = &self.role {
-            opts = opts.options([("role", role.as_str())]);
-        }
+        opts = opts.options(self.settings.iter().map(|(n, v)| (n.as_str(), v.as_str())));
         opts
     }
 }
@@ -444,11 +459,19 @@ mod tests {
     fn sqlx_gets_the_same_settings() {
         let c = PgConnector::parse("postgres://u:pw@db.example:6543/app?sslmode=require")
             .unwrap()
-            .with_role("env_role");
+            .with_role("env_role")
+            .with_setting("search_path", "env_role,public");
         let o = c.sqlx_options();
         assert_eq!(o.get_host(), "db.example");
         assert_eq!(o.get_port(), 6543);
         assert_eq!(o.get_database(), Some("app"));
-        assert_eq!(o.get_options(), Some("-c role=env_role"));
+        assert_eq!(
+            o.get_options(),
+            Some("-c role=env_role -c search_path=env_role,public")
+        );
+        assert_eq!(
+            c.config().get_options(),
+            Some("-c role=env_role -c search_path=env_role,public")
+        );
     }
 }

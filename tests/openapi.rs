@@ -701,7 +701,8 @@ async fn real_answers_match_the_documented_schemas() {
         (StatusCode::CONFLICT, Some("settings_conflict"))
     );
 
-    // Nulls where the create body allows them; an isolation no target offers; an empty one.
+    // Nulls where the create body allows them; schema isolation; an isolation the target lacks;
+    // an empty blueprint.
     let (status, e) = api
         .post(
             "/v1/environments",
@@ -713,6 +714,14 @@ async fn real_answers_match_the_documented_schemas() {
         .post(
             "/v1/environments",
             json!({ "key": "openapi/schema", "blueprint": "notes", "isolation": "schema" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{e}");
+    assert!(e["connection"]["schema"].is_string(), "{e}");
+    let (status, e) = api
+        .post(
+            "/v1/environments",
+            json!({ "key": "openapi/branch", "isolation": "branch" }),
         )
         .await;
     assert_eq!(

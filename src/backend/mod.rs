@@ -95,7 +95,7 @@ impl Connection {
         );
         let mut params = self.params.clone();
         if let Some(schema) = &self.schema {
-            params.push(("options".into(), format!("-csearch_path={schema}")));
+            params.push(("options".into(), format!("-csearch_path={schema},public")));
         }
         for (i, (k, v)) in params.iter().enumerate() {
             uri.push(if i == 0 { '?' } else { '&' });

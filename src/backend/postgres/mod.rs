@@ -1,7 +1,9 @@
 //! The `postgres` target: each environment is a database owned by a role of its own, cloned
-//! from its blueprint's template (see `template`), preferably out of the warm pool (see `pool`).
+//! from its blueprint's template (see `template`), preferably out of the warm pool (see `pool`);
+//! or, with `schema` isolation, a schema of its own in a shared database (see `schema`).
 
 mod pool;
+mod schema;
 mod template;
 
 use super::{
@@ -158,12 +160,13 @@ impl Inner {
         self.db_server(database).connect().await.map_err(db_err)
     }
 
-    fn connection(&self, db: &PgIdent, role: &PgIdent, password: Secret) -> Connection {
+    fn connection(&self, env: &EnvNames, password: Secret) -> Connection {
+        let (db, role) = (&env.db, &env.role);
         Connection {
             host: self.cfg.public_host.clone(),
             port: self.cfg.public_port,
             database: db.as_str().to_owned(),
-            schema: None,
+            schema: env.in_schema.then(|| role.as_str().to_owned()),
             user: role.as_str().to_owned(),
             password,
             params: self
@@ -272,10 +275,10 @@ impl Inner {
             .map_err(db_err)
     }
 
+    /// Applies `extra` on top of the blueprint's migrations (already applied, so skipped).
     async fn apply_migrations(
         &self,
-        db: &PgIdent,
-        role: &PgIdent,
+        env: &EnvNames,
         blueprint: Option<&Blueprint>,
         extra: &[SourceFile],
     ) -> Result<usize, BackendError> {
@@ -283,7 +286,11 @@ impl Inner {
         let mut files: Vec<SourceFile> =
             blueprint.map(|b| b.migrations.clone()).unwrap_or_default();
         files.extend_from_slice(extra);
-        let session = Session::new(&self.db_server(db.as_str()), role.as_str());
+        let session = if env.in_schema {
+            self.schema_session(&env.db, &env.role)
+        } else {
+            Session::new(&self.db_server(env.db.as_str()), env.role.as_str())
+        };
         migrations::apply(format, &session, &files)
             .await
             .map_err(|e| BackendError::Migration {
@@ -322,7 +329,12 @@ impl Inner {
             }
         };
         if !req.migrations.is_empty() {
-            self.apply_migrations(db, role, req.blueprint.as_deref(), &req.migrations)
+            let env = EnvNames {
+                db: db.clone(),
+                role: role.clone(),
+                in_schema: false,
+            };
+            self.apply_migrations(&env, req.blueprint.as_deref(), &req.migrations)
                 .await?;
         }
         Ok(password)
@@ -365,7 +377,15 @@ impl Inner {
     }
 }
 
-fn names(resources: &Resources) -> Result<(PgIdent, PgIdent), BackendError> {
+/// What an environment is made of on the target, read back from its record.
+struct EnvNames {
+    db: PgIdent,
+    role: PgIdent,
+    /// `schema` isolation: a schema named after the role in the shared database `db`.
+    in_schema: bool,
+}
+
+fn names(resources: &Resources) -> Result<EnvNames, BackendError> {
     let get = |k: &str| {
         resource(resources, k)
             .and_then(|n| PgIdent::parse(n).ok())
@@ -373,29 +393,62 @@ fn names(resources: &Resources) -> Result<(PgIdent, PgIdent), BackendError> {
                 BackendError::failed(format!("environment record lacks a valid `{k}` name"))
             })
     };
-    Ok((get("database")?, get("role")?))
+    let (db, role) = (get("database")?, get("role")?);
+    let in_schema = match resource(resources, "schema") {
+        None => false,
+        Some(s) if s == role.as_str() => true,
+        Some(_) => {
+            return Err(BackendError::failed(
+                "environment record has a stray schema name",
+            ))
+        }
+    };
+    Ok(EnvNames {
+        db,
+        role,
+        in_schema,
+    })
+}
+
+impl Inner {
+    async fn remove(&self, env: &EnvNames) -> Result<(), BackendError> {
+        match env.in_schema {
+            true => self.teardown_schema(&env.db, &env.role).await,
+            false => self.teardown(&env.db, &env.role).await,
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl Backend for PostgresBackend {
     fn isolations(&self) -> &'static [Isolation] {
-        &[Isolation::Database]
+        &[Isolation::Database, Isolation::Schema]
     }
 
     fn plan(&self, req: &ProvisionRequest) -> Result<Resources, BackendError> {
-        if req.isolation != Isolation::Database {
-            return Err(BackendError::Invalid {
-                message: format!(
-                    "isolation {:?} is not offered by this target",
-                    req.isolation.as_str()
-                ),
-            });
-        }
-        // Database and role share one name: `sameuser` rules in pg_hba.conf can then pin each
-        // role to its own database.
         let name = object_name(&req.key, &req.id.to_string());
         let mut r = Resources::new();
-        r.insert("database".into(), name.as_str().into());
+        match req.isolation {
+            // Database and role share one name: `sameuser` rules in pg_hba.conf can then pin
+            // each role to its own database.
+            Isolation::Database => {
+                r.insert("database".into(), name.as_str().into());
+            }
+            Isolation::Schema => {
+                schema::check_blueprint(req.blueprint.as_deref())?;
+                let shared = schema::shared_database(req.blueprint.as_deref());
+                r.insert("database".into(), shared.as_str().into());
+                r.insert("schema".into(), name.as_str().into());
+            }
+            other => {
+                return Err(BackendError::Invalid {
+                    message: format!(
+                        "isolation {:?} is not offered by this target",
+                        other.as_str()
+                    ),
+                })
+            }
+        }
         r.insert("role".into(), name.as_str().into());
         Ok(r)
     }
@@ -406,11 +459,15 @@ impl Backend for PostgresBackend {
         resources: &mut Resources,
     ) -> Result<Connection, BackendError> {
         let inner = &self.inner;
-        let (db, role) = names(resources)?;
-        match inner.make(req, &db, &role).await {
-            Ok(password) => Ok(inner.connection(&db, &role, password)),
+        let env = names(resources)?;
+        let made = match env.in_schema {
+            true => inner.make_in_schema(req, &env.db, &env.role).await,
+            false => inner.make(req, &env.db, &env.role).await,
+        };
+        match made {
+            Ok(password) => Ok(inner.connection(&env, password)),
             Err(e) => {
-                if let Err(cleanup) = inner.teardown(&db, &role).await {
+                if let Err(cleanup) = inner.remove(&env).await {
                     tracing::warn!(error = %cleanup, "rollback of a failed provision did not complete");
                 }
                 Err(e)
@@ -419,8 +476,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn teardown(&self, resources: &Resources) -> Result<(), BackendError> {
-        let (db, role) = names(resources)?;
-        self.inner.teardown(&db, &role).await
+        self.inner.remove(&names(resources)?).await
     }
 
     async fn extend(
@@ -428,7 +484,7 @@ impl Backend for PostgresBackend {
         resources: &Resources,
         expires_at: DateTime<Utc>,
     ) -> Result<(), BackendError> {
-        let (_, role) = names(resources)?;
+        let role = names(resources)?.role;
         let sql = format!(
             "ALTER ROLE {} VALID UNTIL {}",
             role.quoted(),
@@ -447,7 +503,8 @@ impl Backend for PostgresBackend {
         resources: &Resources,
         expires_at: DateTime<Utc>,
     ) -> Result<Connection, BackendError> {
-        let (db, role) = names(resources)?;
+        let env = names(resources)?;
+        let role = &env.role;
         let (password, attrs) = self.inner.login_attributes(expires_at);
         // Sessions opened with the old password are ended too: a rotation is what one does
         // after a leak, and a leaked password's open sessions are the leak.
@@ -464,7 +521,7 @@ impl Backend for PostgresBackend {
             .batch_execute(&sql)
             .await
             .map_err(db_err)?;
-        Ok(self.inner.connection(&db, &role, password))
+        Ok(self.inner.connection(&env, password))
     }
 
     async fn reset(
@@ -473,7 +530,11 @@ impl Backend for PostgresBackend {
         blueprint: Option<&Blueprint>,
     ) -> Result<(), BackendError> {
         let inner = &self.inner;
-        let (db, role) = names(resources)?;
+        let env = names(resources)?;
+        if env.in_schema {
+            return inner.reset_schema(&env.db, &env.role, blueprint).await;
+        }
+        let (db, role) = (env.db, env.role);
         let template = match blueprint {
             Some(bp) => Some(inner.templates.ensure(inner, bp).await?),
             None => None,
@@ -563,9 +624,8 @@ impl Backend for PostgresBackend {
         blueprint: Option<&Blueprint>,
         migrations: &[SourceFile],
     ) -> Result<usize, BackendError> {
-        let (db, role) = names(resources)?;
         self.inner
-            .apply_migrations(&db, &role, blueprint, migrations)
+            .apply_migrations(&names(resources)?, blueprint, migrations)
             .await
     }
 

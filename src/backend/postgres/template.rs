@@ -296,40 +296,7 @@ async fn build(
         }
     }
     let session = migrations::Session::new(&inner.db_server(name), BUILDER_ROLE);
-    let mut warnings = vec![];
-    let tolerant = Policy {
-        tolerate_missing_roles: true,
-    };
-    if let Some(schema) = &bp.schema {
-        let script =
-            Script::parse(&schema.name, &schema.text).map_err(|e| blueprint_error(bp, e))?;
-        let client = session.connect().await.map_err(db_err)?;
-        let report = sqlexec::run(&client, &script, Mode::Autocommit, &tolerant)
-            .await
-            .map_err(|e| blueprint_error(bp, e))?;
-        warnings.extend(report.warnings);
-    }
-    migrations::apply(bp.format, &session, &bp.migrations)
-        .await
-        .map_err(|e| blueprint_error(bp, e))?;
-    for seed in &bp.seeds {
-        // A connection per file: seed scripts may change session settings.
-        let client = session.connect().await.map_err(db_err)?;
-        if seed.name.ends_with(".csv") {
-            let table = seed_table(&seed.name)
-                .map_err(|m| blueprint_error(bp, ScriptError::local(&seed.name, 0, "", m)))?;
-            sqlexec::copy_csv(&client, &seed.name, &table, seed.text.as_bytes())
-                .await
-                .map_err(|e| blueprint_error(bp, e))?;
-        } else {
-            let script =
-                Script::parse(&seed.name, &seed.text).map_err(|e| blueprint_error(bp, e))?;
-            let report = sqlexec::run(&client, &script, Mode::Transaction, &tolerant)
-                .await
-                .map_err(|e| blueprint_error(bp, e))?;
-            warnings.extend(report.warnings);
-        }
-    }
+    let warnings = load(bp, &session).await?;
     let client = inner.connect_db(name).await?;
     client.batch_execute("ANALYZE").await.map_err(db_err)?;
     drop(client);
@@ -368,6 +335,49 @@ async fn build(
         hash: hash.to_owned(),
         warnings,
     })
+}
+
+/// Runs a blueprint's files through `session`: its dump, its migrations (recorded in their
+/// tool's history) and its seeds. Returns the statements skipped as warnings.
+pub(super) async fn load(
+    bp: &Blueprint,
+    session: &migrations::Session,
+) -> Result<Vec<String>, BackendError> {
+    let mut warnings = vec![];
+    let tolerant = Policy {
+        tolerate_missing_roles: true,
+    };
+    if let Some(schema) = &bp.schema {
+        let script =
+            Script::parse(&schema.name, &schema.text).map_err(|e| blueprint_error(bp, e))?;
+        let client = session.connect().await.map_err(db_err)?;
+        let report = sqlexec::run(&client, &script, Mode::Autocommit, &tolerant)
+            .await
+            .map_err(|e| blueprint_error(bp, e))?;
+        warnings.extend(report.warnings);
+    }
+    migrations::apply(bp.format, session, &bp.migrations)
+        .await
+        .map_err(|e| blueprint_error(bp, e))?;
+    for seed in &bp.seeds {
+        // A connection per file: seed scripts may change session settings.
+        let client = session.connect().await.map_err(db_err)?;
+        if seed.name.ends_with(".csv") {
+            let table = seed_table(&seed.name)
+                .map_err(|m| blueprint_error(bp, ScriptError::local(&seed.name, 0, "", m)))?;
+            sqlexec::copy_csv(&client, &seed.name, &table, seed.text.as_bytes())
+                .await
+                .map_err(|e| blueprint_error(bp, e))?;
+        } else {
+            let script =
+                Script::parse(&seed.name, &seed.text).map_err(|e| blueprint_error(bp, e))?;
+            let report = sqlexec::run(&client, &script, Mode::Transaction, &tolerant)
+                .await
+                .map_err(|e| blueprint_error(bp, e))?;
+            warnings.extend(report.warnings);
+        }
+    }
+    Ok(warnings)
 }
 
 /// Drops templates and pooled databases of hashes not in `keep`, and leftovers of builds and

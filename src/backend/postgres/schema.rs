@@ -1,0 +1,317 @@
+//! `schema` isolation: each environment is a schema owned by a role of its own, in a database
+//! shared by the environments of one blueprint on the target. It costs no database per
+//! environment, and its wall is thinner: a role sees the names of other schemas in the
+//! catalogs (never their contents, which need USAGE it does not have).
+//!
+//! There is no template to clone: a blueprint's migrations and seeds run in the new schema,
+//! as its role, when the environment is made. A blueprint with a `pg_dump` schema is refused:
+//! pg_dump qualifies every name with the schema it came from (`public.`), so its objects would
+//! not land in the environment's schema.
+
+use super::{db_err, template, Inner, MARK_PREFIX};
+use crate::backend::{BackendError, ProvisionRequest, Secret};
+use crate::blueprint::{Blueprint, SourceFile};
+use crate::domain::PgIdent;
+use crate::sqlexec::migrations::{self, Session};
+use postgres_protocol::escape::escape_literal;
+
+/// How a shared database is marked (its COMMENT), with the blueprint's name after it.
+const SHARED_MARK: &str = "previewdb:shared=";
+
+/// The shared database of `blueprint`'s environments (or of those without one).
+pub(super) fn shared_database(blueprint: Option<&Blueprint>) -> PgIdent {
+    let name = match blueprint {
+        Some(bp) => {
+            let bp: String = bp.name.as_str().chars().take(40).collect();
+            format!("pdb_shared_{bp}")
+        }
+        None => "pdb_shared".to_owned(),
+    };
+    PgIdent::parse(&name).expect("made of a valid identifier")
+}
+
+pub(super) fn check_blueprint(blueprint: Option<&Blueprint>) -> Result<(), BackendError> {
+    match blueprint.and_then(|bp| bp.schema.as_ref().map(|s| (bp, s))) {
+        Some((bp, dump)) => Err(BackendError::Invalid {
+            message: format!(
+                "blueprint {:?} starts from a pg_dump file ({}), which names every object with \
+                 its schema (public.…) and so cannot be loaded into an environment's own schema; \
+                 use isolation \"database\" for it",
+                bp.name.as_str(),
+                dump.name
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+impl Inner {
+    /// The role, its schema in the shared database, and the blueprint's files run in it.
+    pub(super) async fn make_in_schema(
+        &self,
+        req: &ProvisionRequest,
+        db: &PgIdent,
+        role: &PgIdent,
+    ) -> Result<Secret, BackendError> {
+        let blueprint = req.blueprint.as_deref();
+        self.ensure_shared(db, blueprint).await?;
+        let conn = self.admin().await?;
+        let (password, attrs) = self.login_attributes(req.expires_at);
+        let mark = escape_literal(&format!("{MARK_PREFIX}{}", req.id));
+        conn.batch_execute(&format!(
+            "CREATE ROLE {r} {attrs}; COMMENT ON ROLE {r} IS {mark}; \
+             GRANT CONNECT, TEMPORARY ON DATABASE {d} TO {r}; \
+             ALTER ROLE {r} IN DATABASE {d} SET search_path = {r}, public;",
+            r = role.quoted(),
+            d = db.quoted()
+        ))
+        .await
+        .map_err(db_err)?;
+        self.grant_membership(&conn, role).await?;
+        drop(conn);
+        self.create_schema(db, role, &mark).await?;
+        self.fill_schema(db, role, blueprint, &req.migrations)
+            .await?;
+        Ok(password)
+    }
+
+    async fn create_schema(
+        &self,
+        db: &PgIdent,
+        role: &PgIdent,
+        mark: &str,
+    ) -> Result<(), BackendError> {
+        self.connect_db(db.as_str())
+            .await?
+            .batch_execute(&format!(
+                "CREATE SCHEMA {r} AUTHORIZATION {r}; COMMENT ON SCHEMA {r} IS {mark};",
+                r = role.quoted()
+            ))
+            .await
+            .map_err(db_err)
+    }
+
+    /// Runs the blueprint's migrations and seeds, then `extra` migrations, as the role in its
+    /// schema; the tools' history tables land there too.
+    async fn fill_schema(
+        &self,
+        db: &PgIdent,
+        role: &PgIdent,
+        blueprint: Option<&Blueprint>,
+        extra: &[SourceFile],
+    ) -> Result<(), BackendError> {
+        if let Some(bp) = blueprint {
+            template::load(bp, &self.schema_session(db, role)).await?;
+        }
+        if !extra.is_empty() {
+            let env = super::EnvNames {
+                db: db.clone(),
+                role: role.clone(),
+                in_schema: true,
+            };
+            self.apply_migrations(&env, blueprint, extra).await?;
+        }
+        Ok(())
+    }
+
+    /// Sessions of `role` in the shared database, its schema first on the search path (set
+    /// explicitly: the role's own setting applies to its logins, not to `SET ROLE`).
+    pub(super) fn schema_session(&self, db: &PgIdent, role: &PgIdent) -> Session {
+        let server = self
+            .db_server(db.as_str())
+            .with_setting("search_path", &format!("{role},public"));
+        migrations::Session::new(&server, role.as_str())
+    }
+
+    /// Creates the shared database and the blueprint's extensions in it, once, under a
+    /// target-wide advisory lock.
+    async fn ensure_shared(
+        &self,
+        db: &PgIdent,
+        blueprint: Option<&Blueprint>,
+    ) -> Result<(), BackendError> {
+        let extensions = blueprint.map(|b| b.extensions.as_slice()).unwrap_or(&[]);
+        let wanted: Vec<&str> = extensions.iter().map(PgIdent::as_str).collect();
+        if self.shared_is_ready(db, &wanted).await? {
+            return Ok(());
+        }
+        let lock = self.admin().await?;
+        let key = crate::advisory_key("shared", db.as_str());
+        lock.execute("SELECT pg_advisory_lock($1)", &[&key])
+            .await
+            .map_err(db_err)?;
+        let outcome = async {
+            let exists = lock
+                .query_opt(
+                    "SELECT 1 FROM pg_database WHERE datname = $1",
+                    &[&db.as_str()],
+                )
+                .await
+                .map_err(db_err)?
+                .is_some();
+            if !exists {
+                lock.batch_execute(&format!("CREATE DATABASE {}", db.quoted()))
+                    .await
+                    .map_err(db_err)?;
+                let mark = blueprint.map_or("", |b| b.name.as_str());
+                lock.batch_execute(&format!(
+                    "REVOKE ALL ON DATABASE {d} FROM PUBLIC; COMMENT ON DATABASE {d} IS {m};",
+                    d = db.quoted(),
+                    m = escape_literal(&format!("{SHARED_MARK}{mark}"))
+                ))
+                .await
+                .map_err(db_err)?;
+            }
+            let shared = self.connect_db(db.as_str()).await?;
+            // Nobody creates in `public`: it holds the extensions, which everyone may use.
+            shared
+                .batch_execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+                .await
+                .map_err(db_err)?;
+            for ext in extensions {
+                shared
+                    .batch_execute(&format!(
+                        "CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA public",
+                        ext.quoted()
+                    ))
+                    .await
+                    .map_err(|e| BackendError::Blueprint {
+                        blueprint: blueprint.map(|b| b.name.to_string()).unwrap_or_default(),
+                        message: format!("extension {ext}: {}", db_err(e)),
+                    })?;
+            }
+            Ok(())
+        }
+        .await;
+        let _ = lock.execute("SELECT pg_advisory_unlock($1)", &[&key]).await;
+        outcome
+    }
+
+    /// Whether the shared database exists with every wanted extension.
+    async fn shared_is_ready(
+        &self,
+        db: &PgIdent,
+        extensions: &[&str],
+    ) -> Result<bool, BackendError> {
+        let row = self
+            .admin()
+            .await?
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+                &[&db.as_str()],
+            )
+            .await
+            .map_err(db_err)?;
+        if !row.get::<_, bool>(0) {
+            return Ok(false);
+        }
+        if extensions.is_empty() {
+            return Ok(true);
+        }
+        let present: i64 = self
+            .connect_db(db.as_str())
+            .await?
+            .query_one(
+                "SELECT count(*) FROM pg_extension WHERE extname = ANY($1)",
+                &[&extensions],
+            )
+            .await
+            .map_err(db_err)?
+            .get(0);
+        Ok(present as usize == extensions.len())
+    }
+
+    /// NOLOGIN → end the role's sessions → drop its schema and whatever else it owns or was
+    /// granted in the shared database → drop the role. Each step is idempotent.
+    pub(super) async fn teardown_schema(
+        &self,
+        db: &PgIdent,
+        role: &PgIdent,
+    ) -> Result<(), BackendError> {
+        let conn = self.admin().await?;
+        let role_exists = conn
+            .query_opt(
+                "SELECT 1 FROM pg_roles WHERE rolname = $1",
+                &[&role.as_str()],
+            )
+            .await
+            .map_err(db_err)?
+            .is_some();
+        if role_exists {
+            conn.batch_execute(&format!("ALTER ROLE {} NOLOGIN", role.quoted()))
+                .await
+                .map_err(db_err)?;
+        }
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE usename = $1 AND pid <> pg_backend_pid()",
+            &[&role.as_str()],
+        )
+        .await
+        .map_err(db_err)?;
+        let shared_exists = conn
+            .query_opt(
+                "SELECT 1 FROM pg_database WHERE datname = $1",
+                &[&db.as_str()],
+            )
+            .await
+            .map_err(db_err)?
+            .is_some();
+        if shared_exists {
+            let drop_owned = if role_exists {
+                format!("DROP OWNED BY {};", role.quoted())
+            } else {
+                String::new()
+            };
+            self.connect_db(db.as_str())
+                .await?
+                .batch_execute(&format!(
+                    "DROP SCHEMA IF EXISTS {} CASCADE; {drop_owned}",
+                    role.quoted()
+                ))
+                .await
+                .map_err(db_err)?;
+        }
+        if role_exists {
+            conn.batch_execute(&format!("DROP ROLE IF EXISTS {}", role.quoted()))
+                .await
+                .map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    /// Back to the blueprint: the schema is dropped and made again, the role kept.
+    pub(super) async fn reset_schema(
+        &self,
+        db: &PgIdent,
+        role: &PgIdent,
+        blueprint: Option<&Blueprint>,
+    ) -> Result<(), BackendError> {
+        let conn = self.admin().await?;
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE usename = $1 AND pid <> pg_backend_pid()",
+            &[&role.as_str()],
+        )
+        .await
+        .map_err(db_err)?;
+        let mark: Option<String> = self
+            .connect_db(db.as_str())
+            .await?
+            .query_opt(
+                "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = $1",
+                &[&role.as_str()],
+            )
+            .await
+            .map_err(db_err)?
+            .and_then(|r| r.get(0));
+        let mark = mark.ok_or_else(|| BackendError::failed(format!("schema {role} is missing")))?;
+        self.connect_db(db.as_str())
+            .await?
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", role.quoted()))
+            .await
+            .map_err(db_err)?;
+        self.create_schema(db, role, &escape_literal(&mark)).await?;
+        self.fill_schema(db, role, blueprint, &[]).await
+    }
+}
