@@ -340,8 +340,14 @@ impl Inner {
         Ok(password)
     }
 
-    async fn teardown(&self, db: &PgIdent, role: &PgIdent) -> Result<(), BackendError> {
-        let conn = self.admin().await?;
+    /// The first steps of every teardown: the role may no longer log in, and its sessions (and
+    /// any on `database`) are ended. Answers whether the role exists.
+    async fn lock_out(
+        &self,
+        conn: &tokio_postgres::Client,
+        role: &PgIdent,
+        database: Option<&PgIdent>,
+    ) -> Result<bool, BackendError> {
         let role_exists = conn
             .query_opt(
                 "SELECT 1 FROM pg_roles WHERE rolname = $1",
@@ -358,10 +364,16 @@ impl Inner {
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE (usename = $1 OR datname = $2) AND pid <> pg_backend_pid()",
-            &[&role.as_str(), &db.as_str()],
+            &[&role.as_str(), &database.map(PgIdent::as_str)],
         )
         .await
         .map_err(db_err)?;
+        Ok(role_exists)
+    }
+
+    async fn teardown(&self, db: &PgIdent, role: &PgIdent) -> Result<(), BackendError> {
+        let conn = self.admin().await?;
+        let role_exists = self.lock_out(&conn, role, Some(db)).await?;
         conn.batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             db.quoted()

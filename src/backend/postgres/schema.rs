@@ -229,26 +229,8 @@ impl Inner {
         role: &PgIdent,
     ) -> Result<(), BackendError> {
         let conn = self.admin().await?;
-        let role_exists = conn
-            .query_opt(
-                "SELECT 1 FROM pg_roles WHERE rolname = $1",
-                &[&role.as_str()],
-            )
-            .await
-            .map_err(db_err)?
-            .is_some();
-        if role_exists {
-            conn.batch_execute(&format!("ALTER ROLE {} NOLOGIN", role.quoted()))
-                .await
-                .map_err(db_err)?;
-        }
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE usename = $1 AND pid <> pg_backend_pid()",
-            &[&role.as_str()],
-        )
-        .await
-        .map_err(db_err)?;
+        // Not the shared database's other sessions: they are the neighbours'.
+        let role_exists = self.lock_out(&conn, role, None).await?;
         let shared_exists = conn
             .query_opt(
                 "SELECT 1 FROM pg_database WHERE datname = $1",
