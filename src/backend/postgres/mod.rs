@@ -371,6 +371,14 @@ impl Inner {
         Ok(role_exists)
     }
 
+    /// Tears down whichever kind the environment is.
+    async fn remove(&self, env: &EnvNames) -> Result<(), BackendError> {
+        match env.in_schema {
+            true => self.teardown_schema(&env.db, &env.role).await,
+            false => self.teardown(&env.db, &env.role).await,
+        }
+    }
+
     async fn teardown(&self, db: &PgIdent, role: &PgIdent) -> Result<(), BackendError> {
         let conn = self.admin().await?;
         let role_exists = self.lock_out(&conn, role, Some(db)).await?;
@@ -420,15 +428,6 @@ fn names(resources: &Resources) -> Result<EnvNames, BackendError> {
         role,
         in_schema,
     })
-}
-
-impl Inner {
-    async fn remove(&self, env: &EnvNames) -> Result<(), BackendError> {
-        match env.in_schema {
-            true => self.teardown_schema(&env.db, &env.role).await,
-            false => self.teardown(&env.db, &env.role).await,
-        }
-    }
 }
 
 #[async_trait::async_trait]
