@@ -118,7 +118,7 @@ async fn build_from_scratch(
     let name = format!("bench_scratch_{i}");
     previewdb::dev::create_database_if_missing(&pg.admin_url("postgres"), &name).await?;
     let server = previewdb::pgconn::PgConnector::parse(&pg.admin_url(&name))?;
-    let session = migrations::Session::new(&server, previewdb::embedded::ADMIN_USER);
+    let session = migrations::Session::new(server);
     let c = session.connect().await?;
     for ext in &bp.extensions {
         c.batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS {}", ext.quoted()))

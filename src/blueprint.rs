@@ -73,6 +73,8 @@ pub struct Blueprint {
     pub seeds: Vec<SourceFile>,
     pub extensions: Vec<PgIdent>,
     pub pool_size: u32,
+    /// Overrides the target's size quota for environments of this blueprint.
+    pub max_environment_bytes: Option<u64>,
     /// Digest of every input except the server version (see [`Blueprint::hash_for`]).
     content_digest: [u8; 32],
 }
@@ -87,6 +89,7 @@ struct RawBlueprint {
     #[serde(default)]
     extensions: Vec<String>,
     pool_size: Option<u32>,
+    max_environment_bytes: Option<crate::configuration::ByteSize>,
     #[serde(rename = "__base_dir")]
     base_dir: Option<PathBuf>,
 }
@@ -140,6 +143,7 @@ impl Blueprint {
             seeds,
             extensions,
             pool_size: raw.pool_size.unwrap_or(2),
+            max_environment_bytes: raw.max_environment_bytes.map(|b| b.bytes()),
             content_digest: [0; 32],
         };
         bp.content_digest = bp.digest();

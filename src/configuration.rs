@@ -7,6 +7,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Raw file layout. Unknown keys are refused so that a typo fails loudly.
 #[derive(Debug, Deserialize, Default)]
@@ -21,6 +22,9 @@ struct RawConfig {
     encryption_key: Option<String>,
     encryption_key_env: Option<String>,
     max_body_bytes: Option<usize>,
+    provision_timeout: Option<String>,
+    upkeep_interval: Option<String>,
+    orphan_grace: Option<String>,
     #[serde(default)]
     tokens: Vec<RawToken>,
     #[serde(default)]
@@ -49,6 +53,10 @@ enum RawTarget {
         max_environments: Option<u32>,
         connection_limit: Option<i32>,
         revoke_public_connect: Option<bool>,
+        max_concurrent_provisions: Option<usize>,
+        max_queued: Option<usize>,
+        provision_timeout: Option<String>,
+        max_environment_bytes: Option<ByteSize>,
     },
     Neon(Box<NeonTargetConfig>),
 }
@@ -142,6 +150,68 @@ pub struct PostgresTargetConfig {
     /// Revoke PUBLIC's CONNECT on the target's other databases at start-up, so that an
     /// environment's role can reach its own database only.
     pub revoke_public_connect: bool,
+    /// Heavy work (cold clones, builds, caller migrations, resets) running at once.
+    pub max_concurrent_provisions: usize,
+    /// Requests that may wait for a place beyond those running; past it, 503 `queue_full`.
+    pub max_queued: usize,
+    /// Overrides the service-wide `provision_timeout` for this target.
+    pub provision_timeout: Option<Duration>,
+    /// Size above which an environment is locked (login refused); `None` for no quota.
+    pub max_environment_bytes: Option<u64>,
+}
+
+/// A size in bytes: an integer, or a string such as `"500MB"` or `"2GiB"`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum ByteSize {
+    Bytes(u64),
+    Text(#[serde(deserialize_with = "de_byte_text")] u64),
+}
+
+impl ByteSize {
+    pub fn bytes(self) -> u64 {
+        match self {
+            ByteSize::Bytes(n) | ByteSize::Text(n) => n,
+        }
+    }
+}
+
+fn de_byte_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_bytes(&s).map_err(serde::de::Error::custom)
+}
+
+/// `"512"`, `"500MB"`, `"2GiB"`, `"1.5GB"` → bytes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 500MB or 2GiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "TiB" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    let bytes = n * mult as f64;
+    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("{s:?} is not a positive size"));
+    }
+    Ok(bytes as u64)
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +231,13 @@ pub struct Config {
     /// 32-byte key that seals stored passwords.
     pub encryption_key: [u8; 32],
     pub max_body_bytes: usize,
+    /// Longest a create, reset or migrate may take (a request's `timeout` may ask for less).
+    pub provision_timeout: Duration,
+    /// How often sweeping, reconciliation, garbage collection and the quota watchdog run.
+    pub upkeep_interval: Duration,
+    /// How long an object carrying previewdb's prefix that no record or pool accounts for is
+    /// left alone before garbage collection drops it.
+    pub orphan_grace: Duration,
     pub tokens: Vec<ApiToken>,
     pub targets: BTreeMap<String, TargetConfig>,
     /// Blueprint tables, resolved by the blueprint module; paths are relative to `base_dir`.
@@ -289,6 +366,10 @@ impl Config {
                     max_environments,
                     connection_limit,
                     revoke_public_connect,
+                    max_concurrent_provisions,
+                    max_queued,
+                    provision_timeout,
+                    max_environment_bytes,
                 } => {
                     let admin_url = admin_url_env
                         .as_deref()
@@ -307,6 +388,15 @@ impl Config {
                         max_environments: max_environments.unwrap_or(500),
                         connection_limit: connection_limit.unwrap_or(20),
                         revoke_public_connect: revoke_public_connect.unwrap_or(true),
+                        max_concurrent_provisions: match max_concurrent_provisions {
+                            Some(0) => bail!("{at}.max_concurrent_provisions: must be at least 1"),
+                            n => n.unwrap_or(4),
+                        },
+                        max_queued: max_queued.unwrap_or(1000),
+                        provision_timeout: provision_timeout
+                            .map(|v| duration(&format!("{at}.provision_timeout"), &v))
+                            .transpose()?,
+                        max_environment_bytes: max_environment_bytes.map(ByteSize::bytes),
                     })
                 }
                 RawTarget::Neon(n) => {
@@ -362,8 +452,24 @@ impl Config {
             }
         }
 
+        let provision_timeout = match raw.provision_timeout {
+            Some(v) => duration("provision_timeout", &v)?,
+            None => base.map_or(Duration::from_secs(300), |b| b.provision_timeout),
+        };
+        let upkeep_interval = match raw.upkeep_interval {
+            Some(v) => duration("upkeep_interval", &v)?,
+            None => base.map_or(Duration::from_secs(30), |b| b.upkeep_interval),
+        };
+        let orphan_grace = match raw.orphan_grace {
+            Some(v) => duration("orphan_grace", &v)?,
+            None => base.map_or(Duration::from_secs(600), |b| b.orphan_grace),
+        };
+
         Ok(Config {
             listen,
+            provision_timeout,
+            upkeep_interval,
+            orphan_grace,
             control_url,
             default_target,
             default_blueprint,
@@ -382,6 +488,12 @@ impl Config {
                 .unwrap_or_else(|| base_dir.to_path_buf()),
         })
     }
+}
+
+fn duration(key: &str, v: &str) -> anyhow::Result<Duration> {
+    Ttl::parse(v)
+        .map(Ttl::as_duration)
+        .map_err(|e| anyhow!("{key}: {}", e.reason))
 }
 
 fn parse_key(s: &str) -> anyhow::Result<[u8; 32]> {

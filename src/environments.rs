@@ -1,8 +1,10 @@
 //! The environment lifecycle, independent of HTTP: idempotent create per key, lookup, delete,
 //! extend, credential rotation, reset, sweep and reconciliation of interrupted work.
 //!
-//! Every change to a key happens under that key's lock (see `Store::lock_key`), and runs in a
-//! task of its own so that a caller hanging up cannot leave an environment half-made.
+//! Every change to a key happens under that key's lease (see `service::lease`), within a
+//! deadline (see `service::deadline`), and runs in a task of its own so that a caller hanging
+//! up cannot leave an environment half-made. A DELETE stops a create, reset or migrate of the
+//! same key that is still running, on any replica.
 
 use crate::backend::{
     Backend, BackendError, BlueprintStatus, Connection, ProvisionRequest, Secret, TargetHealth,
@@ -10,6 +12,8 @@ use crate::backend::{
 use crate::blueprint::{Blueprint, SourceFile};
 use crate::domain::{EnvKey, InvalidInput, Isolation, Labels, Ttl};
 use crate::metrics::{error_outcome, Metrics, Operation};
+use crate::service::lease::{LeaseError, Purpose, Stop};
+use crate::service::{Deadline, Lease, Leases, WorkQueue};
 use crate::store::{EnvRecord, ListFilter, Sealer, State, Store, StoreError, StoredConnection};
 use chrono::{SubsecRound, Utc};
 use std::collections::BTreeMap;
@@ -23,6 +27,10 @@ pub struct Target {
     pub kind: &'static str,
     pub backend: Arc<dyn Backend>,
     pub max_environments: u32,
+    /// Longest a create, reset or migrate on this target may take.
+    pub provision_timeout: Duration,
+    /// Where heavy work on this target waits for its turn, if it has such a queue.
+    pub queue: Option<Arc<WorkQueue>>,
 }
 
 /// What a caller asks for; parsed from the request at the edge.
@@ -37,6 +45,8 @@ pub struct CreateSpec {
     pub blueprint: Option<String>,
     /// The caller's own migrations, applied on top of the blueprint.
     pub migrations: Vec<SourceFile>,
+    /// How long the caller is willing to wait, within the target's `provision_timeout`.
+    pub timeout: Option<Duration>,
 }
 
 /// An environment as returned to callers; the password only where the caller may see it.
@@ -76,8 +86,36 @@ pub enum ServiceError {
     BlueprintFailed(String),
     #[error("{0}")]
     MigrationFailed(String),
+    /// The work did not finish in time; it was cancelled and rolled back.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// The target's queue of heavy work is full.
+    #[error("{message}")]
+    QueueFull {
+        message: String,
+        retry_after: Duration,
+    },
+    /// A DELETE of the key stopped this operation.
+    #[error("{0}")]
+    Cancelled(String),
+    /// The environment's logins are refused (e.g. it is over its size quota).
+    #[error("{0}")]
+    Locked(String),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<LeaseError> for ServiceError {
+    fn from(e: LeaseError) -> Self {
+        match e {
+            LeaseError::Busy => ServiceError::Unavailable {
+                message: "another operation on this environment is still running; retry later"
+                    .into(),
+                retry_after: Duration::from_secs(2),
+            },
+            LeaseError::Store(e) => e.into(),
+        }
+    }
 }
 
 impl From<StoreError> for ServiceError {
@@ -111,6 +149,14 @@ impl From<BackendError> for ServiceError {
             BackendError::Failed { message } => ServiceError::ProvisioningFailed(message),
             e @ BackendError::Blueprint { .. } => ServiceError::BlueprintFailed(e.to_string()),
             BackendError::Migration { message } => ServiceError::MigrationFailed(message),
+            BackendError::Busy {
+                message,
+                retry_after,
+            } => ServiceError::QueueFull {
+                message,
+                retry_after,
+            },
+            BackendError::Deadline { message } => ServiceError::DeadlineExceeded(message),
         }
     }
 }
@@ -142,6 +188,7 @@ pub struct Defaults {
 
 pub struct Environments {
     store: Store,
+    leases: Arc<Leases>,
     sealer: Sealer,
     targets: BTreeMap<String, Target>,
     blueprints: BTreeMap<String, Arc<Blueprint>>,
@@ -163,6 +210,7 @@ impl Environments {
             .map(|b| (b.name.to_string(), Arc::new(b)))
             .collect();
         Arc::new(Self {
+            leases: Leases::start(store.clone()),
             store,
             sealer,
             targets,
@@ -235,9 +283,13 @@ impl Environments {
             }
         }
         let known: Vec<String> = self.blueprints.keys().cloned().collect();
+        let accounted = self.store.accounted_resources().await?;
+        if let Err(e) = self.store.prune_leases().await {
+            tracing::warn!(error = %e, "could not prune expired key leases");
+        }
         let mut dropped = vec![];
         for t in self.targets.values() {
-            dropped.extend(t.backend.collect_garbage(&keep, &known).await?);
+            dropped.extend(t.backend.collect_garbage(&keep, &known, &accounted).await?);
         }
         Ok(dropped)
     }
@@ -352,8 +404,45 @@ impl Environments {
             blueprint_name.as_deref(),
             &spec.migrations,
         );
+        let deadline = Deadline::after(spec.timeout.map_or(target.provision_timeout, |t| {
+            t.min(target.provision_timeout)
+        }));
 
-        let _lock = self.store.lock_key(spec.key.as_str()).await?;
+        let lease = self
+            .leases
+            .acquire(spec.key.as_str(), Purpose::Create, &deadline)
+            .await?;
+        let outcome = self
+            .create_leased(
+                &spec,
+                target,
+                isolation,
+                blueprint_name,
+                blueprint,
+                ttl,
+                digest,
+                &deadline,
+                &lease,
+            )
+            .await;
+        lease.release().await;
+        outcome
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_leased(
+        &self,
+        spec: &CreateSpec,
+        target: &Target,
+        isolation: Isolation,
+        blueprint_name: Option<String>,
+        blueprint: Option<Arc<Blueprint>>,
+        ttl: Ttl,
+        digest: String,
+        deadline: &Deadline,
+        lease: &Lease,
+    ) -> Result<(Env, bool)> {
+        let target_name = &target.name;
         let mut resume = None;
         if let Some(existing) = self.store.live_by_key(spec.key.as_str()).await? {
             match existing.state {
@@ -371,7 +460,7 @@ impl Environments {
                         existing.blueprint.as_deref().unwrap_or("none")
                     )))
                 }
-                // We hold the key's lock, so whoever started this provision is gone.
+                // We hold the key's lease, so whoever started this provision is gone.
                 State::Provisioning if existing.settings_digest == digest => resume = Some(existing),
                 State::Provisioning => {
                     self.abandon(&existing, "interrupted: previewdb stopped while provisioning").await?
@@ -391,17 +480,11 @@ impl Environments {
                     expires_at: record.expires_at,
                     blueprint: blueprint.clone(),
                     migrations: spec.migrations.clone(),
+                    deadline: *deadline,
                 };
                 (record, req)
             }
             None => {
-                let live = self.store.count_live(&target_name).await?;
-                if live >= i64::from(target.max_environments) {
-                    return Err(ServiceError::AtCapacity(format!(
-                        "target {target_name:?} holds its maximum of {} environments",
-                        target.max_environments
-                    )));
-                }
                 // Stored timestamps have microsecond precision; answer what will be read back.
                 let now = Utc::now().trunc_subsecs(6);
                 let req = ProvisionRequest {
@@ -411,6 +494,7 @@ impl Environments {
                     expires_at: now + ttl.as_chrono(),
                     blueprint: blueprint.clone(),
                     migrations: spec.migrations.clone(),
+                    deadline: *deadline,
                 };
                 let blueprint_hash = match &blueprint {
                     Some(bp) => target.backend.blueprint_hash(bp).await?,
@@ -435,27 +519,41 @@ impl Environments {
                     updated_at: now,
                     expires_at: req.expires_at,
                     deleted_at: None,
+                    size_bytes: None,
+                    lock_reason: None,
                 };
-                self.store.insert(&record).await?;
+                if !self
+                    .store
+                    .insert_within(&record, target.max_environments)
+                    .await?
+                {
+                    return Err(ServiceError::AtCapacity(format!(
+                        "target {target_name:?} holds its maximum of {} environments",
+                        target.max_environments
+                    )));
+                }
                 (record, req)
             }
         };
 
-        let outcome = if resuming {
-            target.backend.resume(&req, &mut record.resources).await
-        } else {
-            target.backend.provision(&req, &mut record.resources).await
+        let work = async {
+            if resuming {
+                target.backend.resume(&req, &mut record.resources).await
+            } else {
+                target.backend.provision(&req, &mut record.resources).await
+            }
         };
+        let outcome = stoppable(work, deadline, lease, "create").await;
         let connection = match outcome {
             Ok(c) => c,
             Err(e) => {
                 let message = e.to_string();
-                // The backend rolled back; tear down once more as a backstop and remember if
-                // that could not complete, so the reconciler finishes it.
+                // The backend rolled back (or was stopped halfway): tear down once more as a
+                // backstop and remember if that could not complete, so the reconciler finishes it.
                 let pending = target.backend.teardown(&record.resources).await.is_err();
                 self.store.mark_failed(record.id, &message, pending).await?;
                 tracing::warn!(env = %record.id, error = %message, "provision failed");
-                return Err(e.into());
+                return Err(e);
             }
         };
         let stored = StoredConnection::from_connection(&connection);
@@ -509,11 +607,17 @@ impl Environments {
             })
     }
 
-    /// Finds an environment by id or by key (the live one, else the latest tombstone).
+    /// Finds an environment by reference: a canonical UUID (`8-4-4-4-12` hex) is an id first,
+    /// and a key when no environment has that id; anything else is a key (the live
+    /// environment, else the latest tombstone).
     pub async fn find(&self, reference: &str) -> Result<EnvRecord> {
-        let found = match Uuid::parse_str(reference) {
-            Ok(id) => self.store.get_by_id(id).await?,
-            Err(_) => self.store.get_by_key(reference).await?,
+        let by_id = match canonical_uuid(reference) {
+            Some(id) => self.store.get_by_id(id).await?,
+            None => None,
+        };
+        let found = match by_id {
+            Some(record) => Some(record),
+            None => self.store.get_by_key(reference).await?,
         };
         found.ok_or_else(|| ServiceError::NotFound(reference.to_owned()))
     }
@@ -533,30 +637,55 @@ impl Environments {
     }
 
     /// Revokes, disconnects and drops; answers the tombstone, also for an already deleted one.
+    /// A create, reset or migrate of the key still running is stopped first.
     pub async fn delete(self: &Arc<Self>, reference: &str) -> Result<Env> {
         let this = self.clone();
         let reference = reference.to_owned();
         join(tokio::spawn(async move {
-            let result = match this.find(&reference).await {
-                Ok(record) => this.delete_locked(record.id, &record.key).await,
-                Err(e) => Err(e),
-            };
+            let result = async {
+                let record = this.find(&reference).await?;
+                this.leases.cancel(&record.key).await?;
+                let deadline = Deadline::after(this.target(&record.target)?.provision_timeout);
+                this.delete_leased(record.id, &record.key, Purpose::Delete, &deadline)
+                    .await
+            }
+            .await;
             this.count(Operation::Delete, result.as_ref().map(|_| "ok"));
             result.map(|(env, _)| env)
         }))
         .await
     }
 
-    /// Deletes under the key's lock; `true` if this call tore the environment down, `false` if
+    /// Deletes under the key's lease; `true` if this call tore the environment down, `false` if
     /// it was already deleted.
-    async fn delete_locked(&self, id: Uuid, key: &str) -> Result<(Env, bool)> {
-        let _lock = self.store.lock_key(key).await?;
+    async fn delete_leased(
+        &self,
+        id: Uuid,
+        key: &str,
+        purpose: Purpose,
+        deadline: &Deadline,
+    ) -> Result<(Env, bool)> {
+        let lease = self.leases.acquire(key, purpose, deadline).await?;
+        let outcome = self.delete_record(id, None).await;
+        lease.release().await;
+        outcome
+    }
+
+    /// Tears down record `id` (the caller holds its key's lease). With `expired_by`, only if it
+    /// is still ready and expired at that moment: an extend may have come first.
+    async fn delete_record(
+        &self,
+        id: Uuid,
+        expired_by: Option<chrono::DateTime<Utc>>,
+    ) -> Result<(Env, bool)> {
         let record = self
             .store
             .get_by_id(id)
             .await?
             .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
-        if record.state == State::Deleted {
+        let spared =
+            expired_by.is_some_and(|now| record.state != State::Ready || record.expires_at > now);
+        if record.state == State::Deleted || spared {
             let env = Env {
                 record,
                 password: None,
@@ -584,10 +713,12 @@ impl Environments {
         Ok((env, true))
     }
 
-    /// Runs `op` on a ready environment under its key's lock, and counts it as `operation`.
+    /// Runs `op` on a ready environment under its key's lease, and counts it as `operation`.
+    /// `op` gets the operation's deadline; a DELETE of the key stops it.
     async fn with_ready<T, F>(
         self: &Arc<Self>,
         operation: Operation,
+        purpose: Purpose,
         reference: &str,
         op: F,
     ) -> Result<T>
@@ -597,6 +728,7 @@ impl Environments {
                 &'a Self,
                 EnvRecord,
                 &'a Target,
+                &'a Deadline,
             ) -> futures_util::future::BoxFuture<'a, Result<T>>
             + Send
             + 'static,
@@ -606,20 +738,32 @@ impl Environments {
         join(tokio::spawn(async move {
             let result = async {
                 let record = this.find(&reference).await?;
-                let _lock = this.store.lock_key(&record.key).await?;
-                let record = this
-                    .store
-                    .get_by_id(record.id)
-                    .await?
-                    .ok_or_else(|| ServiceError::NotFound(record.id.to_string()))?;
-                if record.state != State::Ready {
-                    return Err(ServiceError::NotReady(format!(
-                        "environment is {}, not ready",
-                        record.state.as_str()
-                    )));
-                }
                 let target = this.target(&record.target)?;
-                op(&this, record, target).await
+                let deadline = Deadline::after(target.provision_timeout);
+                let lease = this.leases.acquire(&record.key, purpose, &deadline).await?;
+                let outcome = async {
+                    let record = this
+                        .store
+                        .get_by_id(record.id)
+                        .await?
+                        .ok_or_else(|| ServiceError::NotFound(record.id.to_string()))?;
+                    if record.state != State::Ready {
+                        return Err(ServiceError::NotReady(format!(
+                            "environment is {}, not ready",
+                            record.state.as_str()
+                        )));
+                    }
+                    stoppable(
+                        op(&this, record, target, &deadline),
+                        &deadline,
+                        &lease,
+                        purpose.as_str(),
+                    )
+                    .await
+                }
+                .await;
+                lease.release().await;
+                outcome
             }
             .await;
             this.count(operation, result.as_ref().map(|_| "ok"));
@@ -634,8 +778,9 @@ impl Environments {
             .inspect_err(|e| self.count(Operation::Extend, Err(e)))?;
         self.with_ready(
             Operation::Extend,
+            Purpose::Extend,
             reference,
-            move |this, mut record, target| {
+            move |this, mut record, target, _| {
                 Box::pin(async move {
                     let expires_at = Utc::now().trunc_subsecs(6) + ttl.as_chrono();
                     target.backend.extend(&record.resources, expires_at).await?;
@@ -650,40 +795,64 @@ impl Environments {
     }
 
     pub async fn rotate_credentials(self: &Arc<Self>, reference: &str) -> Result<Env> {
-        self.with_ready(Operation::Rotate, reference, |this, mut record, target| {
-            Box::pin(async move {
-                let connection = target
-                    .backend
-                    .rotate_credentials(&record.resources, record.expires_at)
-                    .await?;
-                let stored = StoredConnection::from_connection(&connection);
-                let sealed = this.sealer.seal(record.id, connection.password.expose());
-                this.store.set_password(record.id, &stored, &sealed).await?;
-                record.connection = Some(stored);
-                Ok(Env {
-                    record,
-                    password: Some(connection.password),
+        self.with_ready(
+            Operation::Rotate,
+            Purpose::Rotate,
+            reference,
+            |this, mut record, target, _| {
+                Box::pin(async move {
+                    refuse_locked(&record)?;
+                    let connection = target
+                        .backend
+                        .rotate_credentials(&record.resources, record.expires_at)
+                        .await?;
+                    let stored = StoredConnection::from_connection(&connection);
+                    let sealed = this.sealer.seal(record.id, connection.password.expose());
+                    this.store.set_password(record.id, &stored, &sealed).await?;
+                    record.connection = Some(stored);
+                    Ok(Env {
+                        record,
+                        password: Some(connection.password),
+                    })
                 })
-            })
-        })
+            },
+        )
         .await
     }
 
+    /// Back to the blueprint with the same credentials; a locked environment (over its quota)
+    /// is let in again, since its data is gone.
     pub async fn reset(self: &Arc<Self>, reference: &str) -> Result<Env> {
-        self.with_ready(Operation::Reset, reference, |this, record, target| {
-            Box::pin(async move {
-                let blueprint = record
-                    .blueprint
-                    .as_deref()
-                    .and_then(|b| this.blueprints.get(b));
-                target
-                    .backend
-                    .reset(&record.resources, blueprint.map(|b| b.as_ref()))
-                    .await?;
-                let password = Some(this.open_password(&record)?);
-                Ok(Env { record, password })
-            })
-        })
+        self.with_ready(
+            Operation::Reset,
+            Purpose::Reset,
+            reference,
+            |this, mut record, target, deadline| {
+                Box::pin(async move {
+                    let blueprint = record
+                        .blueprint
+                        .as_deref()
+                        .and_then(|b| this.blueprints.get(b));
+                    let password = this.open_password(&record)?;
+                    if record.lock_reason.is_some() {
+                        // Blueprint files may run logged in as the environment.
+                        target.backend.set_locked(&record.resources, false).await?;
+                    }
+                    target
+                        .backend
+                        .reset(&record.resources, blueprint, &password, deadline)
+                        .await?;
+                    if record.lock_reason.take().is_some() {
+                        this.store.set_lock(record.id, None).await?;
+                        tracing::info!(env = %record.id, "reset: environment unlocked");
+                    }
+                    Ok(Env {
+                        record,
+                        password: Some(password),
+                    })
+                })
+            },
+        )
         .await
     }
 
@@ -695,9 +864,11 @@ impl Environments {
     ) -> Result<(Env, usize)> {
         self.with_ready(
             Operation::Migrate,
+            Purpose::Migrate,
             reference,
-            move |this, record, target| {
+            move |this, record, target, deadline| {
                 Box::pin(async move {
+                    refuse_locked(&record)?;
                     let blueprint = record
                         .blueprint
                         .as_deref()
@@ -711,27 +882,44 @@ impl Environments {
                             .check_name(&m.name)
                             .map_err(|e| InvalidInput::new("migrations", e))?;
                     }
+                    let password = this.open_password(&record)?;
                     let applied = target
                         .backend
-                        .migrate(&record.resources, blueprint.as_deref(), &migrations)
+                        .migrate(
+                            &record.resources,
+                            blueprint.as_deref(),
+                            &migrations,
+                            &password,
+                            deadline,
+                        )
                         .await?;
-                    let password = Some(this.open_password(&record)?);
-                    Ok((Env { record, password }, applied))
+                    Ok((
+                        Env {
+                            record,
+                            password: Some(password),
+                        },
+                        applied,
+                    ))
                 })
             },
         )
         .await
     }
 
-    /// Deletes every expired environment now. Counted apart from the callers' deletes, and
-    /// only what this sweep tore down itself (another replica's sweep may have been first).
+    /// Deletes every expired environment now. Each is checked again under its key's lease (an
+    /// extend may have come first), and the answer lists only what this sweep tore down
+    /// itself: another replica's sweep may have been first.
     pub async fn sweep(self: &Arc<Self>) -> Result<SweepReport> {
         let mut report = SweepReport::default();
-        for rec in self.store.expired(Utc::now()).await? {
+        let now = Utc::now();
+        for rec in self.store.expired(now).await? {
             let this = self.clone();
-            let (id, key) = (rec.id, rec.key.clone());
+            let (id, key, target) = (rec.id, rec.key.clone(), rec.target.clone());
             let outcome = join(tokio::spawn(async move {
-                let result = this.delete_locked(id, &key).await;
+                let deadline = Deadline::after(this.target(&target)?.provision_timeout);
+                let lease = this.leases.acquire(&key, Purpose::Sweep, &deadline).await?;
+                let result = this.delete_record(id, Some(Utc::now())).await;
+                lease.release().await;
                 match &result {
                     Ok((_, true)) => this.metrics.swept(true),
                     Ok((_, false)) => {}
@@ -740,17 +928,15 @@ impl Environments {
                 result
             }))
             .await;
+            let swept = |error| SweptEnv {
+                id,
+                key: rec.key.clone(),
+                error,
+            };
             match outcome {
-                Ok(_) => report.deleted.push(SweptEnv {
-                    id: rec.id,
-                    key: rec.key,
-                    error: None,
-                }),
-                Err(e) => report.failed.push(SweptEnv {
-                    id: rec.id,
-                    key: rec.key,
-                    error: Some(e.to_string()),
-                }),
+                Ok((_, true)) => report.deleted.push(swept(None)),
+                Ok((_, false)) => {}
+                Err(e) => report.failed.push(swept(Some(e.to_string()))),
             }
         }
         Ok(report)
@@ -761,31 +947,18 @@ impl Environments {
     pub async fn reconcile(&self) -> Result<usize> {
         let mut done = 0;
         for rec in self.store.unfinished().await? {
-            let Some(_lock) = self.store.try_lock_key(&rec.key).await? else {
+            let Some(lease) = self
+                .leases
+                .try_acquire(&rec.key, Purpose::Reconcile)
+                .await?
+            else {
                 continue;
             };
-            let Some(rec) = self.store.get_by_id(rec.id).await? else {
-                continue;
-            };
-            let Ok(target) = self.target(&rec.target) else {
-                continue;
-            };
-            let outcome = match rec.state {
-                State::Provisioning => {
-                    self.abandon(&rec, "interrupted: previewdb stopped while provisioning")
-                        .await
-                }
-                State::Deleting => self.finish_delete(&rec).await,
-                State::Failed if rec.teardown_pending => {
-                    match target.backend.teardown(&rec.resources).await {
-                        Ok(()) => self.store.mark_cleaned(rec.id).await.map_err(Into::into),
-                        Err(e) => Err(e.into()),
-                    }
-                }
-                _ => continue,
-            };
+            let outcome = self.reconcile_one(rec.id).await;
+            lease.release().await;
             match outcome {
-                Ok(()) => done += 1,
+                Ok(true) => done += 1,
+                Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(env = %rec.id, error = %e, "reconciliation did not complete")
                 }
@@ -793,6 +966,127 @@ impl Environments {
         }
         Ok(done)
     }
+
+    async fn reconcile_one(&self, id: Uuid) -> Result<bool> {
+        let Some(rec) = self.store.get_by_id(id).await? else {
+            return Ok(false);
+        };
+        let Ok(target) = self.target(&rec.target) else {
+            return Ok(false);
+        };
+        match rec.state {
+            State::Provisioning => {
+                self.abandon(&rec, "interrupted: previewdb stopped while provisioning")
+                    .await?
+            }
+            State::Deleting => self.finish_delete(&rec).await?,
+            State::Failed if rec.teardown_pending => {
+                target.backend.teardown(&rec.resources).await?;
+                self.store.mark_cleaned(rec.id).await?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Measures every ready environment on targets with quotas; locks out those over their
+    /// quota (logins refused, sessions ended) and lets in again those back under it.
+    pub async fn enforce_quotas(&self) -> Result<usize> {
+        let mut changed = 0;
+        for target in self.targets.values().filter(|t| t.backend.has_quotas()) {
+            let envs = self.store.ready_on(&target.name).await?;
+            if envs.is_empty() {
+                continue;
+            }
+            let resources: Vec<_> = envs.iter().map(|e| &e.resources).collect();
+            let sizes = target.backend.measure(&resources).await?;
+            let measured: Vec<(Uuid, i64)> = sizes.iter().map(|(i, b)| (envs[*i].id, *b)).collect();
+            self.store.set_sizes(&measured).await?;
+            for (i, bytes) in sizes {
+                let env = &envs[i];
+                let blueprint = env
+                    .blueprint
+                    .as_deref()
+                    .and_then(|b| self.blueprints.get(b));
+                let quota = target.backend.quota_for(blueprint.map(|b| b.as_ref()));
+                let over = quota.is_some_and(|q| bytes as u64 > q);
+                if over == env.lock_reason.is_some() {
+                    continue;
+                }
+                // Busy keys are measured again next round.
+                let Some(lease) = self.leases.try_acquire(&env.key, Purpose::Quota).await? else {
+                    continue;
+                };
+                let outcome = async {
+                    let still = self.store.get_by_id(env.id).await?;
+                    if still.as_ref().is_none_or(|r| r.state != State::Ready) {
+                        return Ok(false);
+                    }
+                    target.backend.set_locked(&env.resources, over).await?;
+                    self.store
+                        .set_lock(env.id, over.then_some("over_quota"))
+                        .await?;
+                    Ok::<bool, ServiceError>(true)
+                }
+                .await;
+                lease.release().await;
+                if outcome? {
+                    changed += 1;
+                    match over {
+                        true => {
+                            tracing::warn!(env = %env.id, size_bytes = bytes, quota = ?quota, "environment over its size quota: locked")
+                        }
+                        false => {
+                            tracing::info!(env = %env.id, size_bytes = bytes, "environment under its size quota again: unlocked")
+                        }
+                    }
+                }
+            }
+        }
+        Ok(changed)
+    }
+}
+
+/// Runs `work` until it finishes, the deadline passes or the lease says to stop; in the last
+/// two cases `work` is dropped (the caller rolls back what it made).
+async fn stoppable<T>(
+    work: impl std::future::Future<Output = std::result::Result<T, impl Into<ServiceError>>>,
+    deadline: &Deadline,
+    lease: &Lease,
+    what: &str,
+) -> Result<T> {
+    tokio::select! {
+        outcome = work => outcome.map_err(Into::into),
+        stop = lease.stopped() => Err(match stop {
+            Stop::Cancelled => ServiceError::Cancelled(format!(
+                "the {what} was stopped by a DELETE of this environment"
+            )),
+            Stop::Lost => ServiceError::Unavailable {
+                message: format!("the {what} lost its lease on the key (is the control store reachable?)"),
+                retry_after: Duration::from_secs(5),
+            },
+        }),
+        _ = tokio::time::sleep_until(deadline.instant()) => Err(ServiceError::DeadlineExceeded(format!(
+            "the {what} did not finish within its deadline of {}s; it was cancelled and rolled back",
+            deadline.budget().as_secs_f64().round()
+        ))),
+    }
+}
+
+fn refuse_locked(record: &EnvRecord) -> Result<()> {
+    match &record.lock_reason {
+        Some(reason) => Err(ServiceError::Locked(format!(
+            "environment is locked ({reason}: {} bytes); delete, reset or extend it",
+            record.size_bytes.unwrap_or_default()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `8-4-4-4-12` hexadecimal digits, and nothing else: the one form in which an id is written.
+fn canonical_uuid(reference: &str) -> Option<Uuid> {
+    let id = Uuid::try_parse(reference).ok()?;
+    (reference.len() == 36).then_some(id)
 }
 
 async fn join<T>(task: tokio::task::JoinHandle<Result<T>>) -> Result<T> {

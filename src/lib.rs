@@ -12,6 +12,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pgconn;
+pub mod service;
 pub mod sqlexec;
 pub mod startup;
 pub mod store;

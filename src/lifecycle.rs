@@ -1,16 +1,19 @@
 //! Background work: reconciling what a stopped process left unfinished, warming blueprints'
-//! templates and pools, sweeping expired environments and collecting unused templates.
+//! templates and pools, sweeping expired environments, enforcing size quotas and collecting
+//! unused templates and leftovers, every `interval`.
 
 use crate::environments::Environments;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often expired environments are swept and unfinished work is reconciled.
-const INTERVAL: Duration = Duration::from_secs(30);
-
-pub async fn run(envs: Arc<Environments>) {
+pub async fn run(envs: Arc<Environments>, interval: Duration) {
     tokio::spawn(warm_up(envs.clone()));
     loop {
+        match envs.enforce_quotas().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "size quotas: environments locked or unlocked"),
+            Err(e) => tracing::warn!(error = %e, "size quota check failed"),
+        }
         match envs.reconcile().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(count = n, "reconciled unfinished environments"),
@@ -27,7 +30,7 @@ pub async fn run(envs: Arc<Environments>) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "sweep failed"),
         }
-        tokio::time::sleep(INTERVAL).await;
+        tokio::time::sleep(interval).await;
         match envs.collect_garbage().await {
             Ok(d) if !d.is_empty() => {
                 tracing::info!(dropped = ?d, "dropped unused templates and pool databases")

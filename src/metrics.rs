@@ -60,13 +60,15 @@ impl Operation {
 /// (`limit_reached`), or the service's or a target's (`error`), which is what to alert on.
 pub fn error_outcome(e: &ServiceError) -> &'static str {
     match e {
-        ServiceError::Conflict(_) => "conflict",
+        ServiceError::Conflict(_) | ServiceError::Cancelled(_) => "conflict",
         ServiceError::Invalid(_)
         | ServiceError::NotFound(_)
         | ServiceError::NotReady(_)
+        | ServiceError::Locked(_)
         | ServiceError::MigrationFailed(_) => "rejected",
-        ServiceError::AtCapacity(_) => "limit_reached",
+        ServiceError::AtCapacity(_) | ServiceError::QueueFull { .. } => "limit_reached",
         ServiceError::Unavailable { .. }
+        | ServiceError::DeadlineExceeded(_)
         | ServiceError::ProvisioningFailed(_)
         | ServiceError::BlueprintFailed(_)
         | ServiceError::Internal(_) => "error",

@@ -115,10 +115,31 @@ impl PgConnector {
         c
     }
 
-    /// The same, every session acting as `role` from its start, so what it creates is the
-    /// role's.
-    pub fn with_role(&self, role: &str) -> Self {
-        self.with_setting("role", role)
+    /// The same server, logging in as `user` with `password`: a session that cannot become
+    /// anyone else, which is the only kind that may run SQL a caller wrote.
+    pub fn with_login(&self, user: &str, password: &str) -> Self {
+        let mut c = self.clone();
+        c.config.user(user);
+        c.config.password(password);
+        c.settings.retain(|(n, _)| n != "role");
+        c.config.options(c.options());
+        c
+    }
+
+    fn options(&self) -> String {
+        let options: Vec<String> = self
+            .settings
+            .iter()
+            .map(|(n, v)| format!("-c {n}={v}"))
+            .collect();
+        options.join(" ")
+    }
+
+    /// The same, sessions named `name` in `pg_stat_activity`, so they can be found and ended.
+    pub fn with_application_name(&self, name: &str) -> Self {
+        let mut c = self.clone();
+        c.config.application_name(name);
+        c
     }
 
     /// The same, every session starting with `name = value`. The value must hold no spaces or
@@ -131,12 +152,7 @@ impl PgConnector {
         let mut c = self.clone();
         c.settings.retain(|(n, _)| n != name);
         c.settings.push((name.to_owned(), value.to_owned()));
-        let options: Vec<String> = c
-            .settings
-            .iter()
-            .map(|(n, v)| format!("-c {n}={v}"))
-            .collect();
-        c.config.options(options.join(" "));
+        c.config.options(c.options());
         c
     }
 
@@ -194,6 +210,9 @@ impl PgConnector {
         }
         if let Some(pw) = c.get_password() {
             opts = opts.password(&String::from_utf8_lossy(pw));
+        }
+        if let Some(name) = c.get_application_name() {
+            opts = opts.application_name(name);
         }
         opts = opts.options(self.settings.iter().map(|(n, v)| (n.as_str(), v.as_str())));
         opts
@@ -459,19 +478,22 @@ mod tests {
     fn sqlx_gets_the_same_settings() {
         let c = PgConnector::parse("postgres://u:pw@db.example:6543/app?sslmode=require")
             .unwrap()
-            .with_role("env_role")
-            .with_setting("search_path", "env_role,public");
+            .with_setting("role", "someone")
+            .with_login("env_role", "pw2")
+            .with_setting("search_path", "env_role,public")
+            .with_application_name("run-1");
         let o = c.sqlx_options();
         assert_eq!(o.get_host(), "db.example");
         assert_eq!(o.get_port(), 6543);
         assert_eq!(o.get_database(), Some("app"));
-        assert_eq!(
-            o.get_options(),
-            Some("-c role=env_role -c search_path=env_role,public")
-        );
+        assert_eq!(o.get_username(), "env_role");
+        assert_eq!(o.get_application_name(), Some("run-1"));
+        // A login never carries a role switch.
+        assert_eq!(o.get_options(), Some("-c search_path=env_role,public"));
         assert_eq!(
             c.config().get_options(),
-            Some("-c role=env_role -c search_path=env_role,public")
+            Some("-c search_path=env_role,public")
         );
+        assert_eq!(c.config().get_password(), Some(&b"pw2"[..]));
     }
 }

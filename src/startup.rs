@@ -1,6 +1,6 @@
 //! Builds the application from its configuration: store, targets, background work, HTTP server.
 
-use crate::backend::postgres::PostgresBackend;
+use crate::backend::postgres::{PostgresBackend, ServiceSettings};
 use crate::backend::Backend;
 use crate::blueprint::Blueprint;
 use crate::configuration::{Config, TargetConfig};
@@ -14,6 +14,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     envs: Arc<Environments>,
+    upkeep_interval: std::time::Duration,
 }
 
 impl Application {
@@ -21,9 +22,20 @@ impl Application {
         let store = Store::open(&config.control_url).await?;
         let mut targets = Vec::new();
         for (name, t) in &config.targets {
+            let mut queue = None;
+            let mut provision_timeout = config.provision_timeout;
             let (kind, backend, max): (&'static str, Arc<dyn Backend>, u32) = match t {
                 TargetConfig::Postgres(pg) => {
-                    let backend = PostgresBackend::new(pg.clone())?;
+                    let backend = PostgresBackend::new(
+                        pg.clone(),
+                        ServiceSettings {
+                            builder_password: builder_password(&config.encryption_key),
+                            provision_timeout: config.provision_timeout,
+                            orphan_grace: config.orphan_grace,
+                        },
+                    )?;
+                    queue = Some(backend.queue().clone());
+                    provision_timeout = pg.provision_timeout.unwrap_or(provision_timeout);
                     match backend.harden().await {
                         Ok(revoked) if !revoked.is_empty() => {
                             tracing::info!(target = %name, databases = ?revoked, "revoked PUBLIC CONNECT")
@@ -46,6 +58,8 @@ impl Application {
                 kind,
                 backend,
                 max_environments: max,
+                provision_timeout,
+                queue,
             });
         }
         let blueprints = config
@@ -75,6 +89,7 @@ impl Application {
             listener,
             router: router(state, config.max_body_bytes),
             envs,
+            upkeep_interval: config.upkeep_interval,
         })
     }
 
@@ -91,13 +106,26 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let lifecycle = tokio::spawn(crate::lifecycle::run(self.envs.clone()));
+        let lifecycle = tokio::spawn(crate::lifecycle::run(
+            self.envs.clone(),
+            self.upkeep_interval,
+        ));
         let result = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await;
         lifecycle.abort();
         Ok(result?)
     }
+}
+
+/// The password `previewdb_builder` logs in with, derived from the key every replica shares
+/// (so that each can set it and all can use it) and useless without that key.
+fn builder_password(encryption_key: &[u8; 32]) -> crate::backend::Secret {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"previewdb:builder-password:");
+    h.update(encryption_key);
+    crate::backend::Secret::new(hex::encode(h.finalize()))
 }
 
 /// Logs as text to stderr, filtered by `RUST_LOG` (default `info`). Statement texts of the

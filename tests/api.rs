@@ -165,7 +165,7 @@ async fn concurrent_creates_of_one_key_yield_exactly_one_environment() {
     let admin = app.admin("postgres").await;
     let n: i64 = admin
         .query_one(
-            "SELECT count(*) FROM pg_database WHERE datname LIKE 'pdb_acme_web_race_%'",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'pdb_env_acme_web_race_%'",
             &[],
         )
         .await

@@ -271,7 +271,7 @@ async fn the_example_blueprint_is_handed_out_warm_and_owned_by_the_environment()
     let admin = app.admin("postgres").await;
     let pooled: Vec<u32> = admin
         .query(
-            "SELECT oid FROM pg_database WHERE shobj_description(oid, 'pg_database') LIKE 'previewdb:pool=example:%'",
+            "SELECT oid FROM pg_database WHERE starts_with(datname, 'pdb_pool_example_')",
             &[],
         )
         .await
@@ -541,7 +541,10 @@ async fn nothing_left(app: &TestApp, key_slug: &str, template_prefix: &str) {
         .query_one(
             "SELECT (SELECT count(*) FROM pg_database WHERE datname LIKE $1 OR datname LIKE $2) \
                   + (SELECT count(*) FROM pg_roles WHERE rolname LIKE $1)",
-            &[&format!("pdb_{key_slug}%"), &format!("{template_prefix}%")],
+            &[
+                &format!("pdb_env_{key_slug}%"),
+                &format!("{template_prefix}%"),
+            ],
         )
         .await
         .unwrap()
@@ -772,15 +775,21 @@ async fn a_changed_blueprint_retires_its_old_pool_and_unused_templates_are_dropp
                 .get::<_, i64>(0)
         }
     };
-    assert_eq!(
-        count(format!("previewdb:pool=evolving:{old_hash}")).await,
-        0,
-        "old pool retired"
-    );
-    assert_eq!(
-        count(format!("previewdb:pool=evolving:{new_hash}")).await,
-        1
-    );
+    let pooled = |hash: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one(
+                    "SELECT count(*) FROM pg_database WHERE starts_with(datname, $1)",
+                    &[&format!("pdb_pool_evolving_{hash}_")],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(pooled(old_hash.clone()).await, 0, "old pool retired");
+    assert_eq!(pooled(new_hash.clone()).await, 1);
 
     // The old template stays while a live environment was made from it (reset needs it) …
     new.app.collect_garbage().await.unwrap();

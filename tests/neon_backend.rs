@@ -80,6 +80,7 @@ fn request(key: &str, ttl: Days) -> ProvisionRequest {
         expires_at: Utc::now() + ttl,
         blueprint: None,
         migrations: vec![],
+        deadline: previewdb::service::Deadline::after(Duration::from_secs(60)),
     }
 }
 
@@ -150,7 +151,11 @@ async fn provision_hands_out_the_envs_own_role_on_one_new_branch() {
     assert_ne!(conn.user, SEED_ROLE);
     assert_ne!(conn.password.expose(), fake.seed_password());
     assert_eq!(Some(conn.user.as_str()), resource(&res, "role"));
-    assert!(conn.user.starts_with("pdb_acme_web_123_"), "{}", conn.user);
+    assert!(
+        conn.user.starts_with("pdb_env_acme_web_123_"),
+        "{}",
+        conn.user
+    );
     assert!(
         roles.contains(&(conn.user.clone(), conn.password.expose().to_string())),
         "{roles:?}"
@@ -438,7 +443,10 @@ async fn rotate_reset_and_extend_speak_neon() {
         .roles(&branch)
         .contains(&(conn.user.clone(), rotated.password.expose().to_string())));
 
-    b.reset(&res, None).await.expect("reset");
+    let deadline = previewdb::service::Deadline::after(Duration::from_secs(60));
+    b.reset(&res, None, &previewdb::backend::Secret::new(""), &deadline)
+        .await
+        .expect("reset");
     assert_eq!(fake.preview_branches()[0].restores, 1);
 
     let later = Utc::now() + Days::days(5);

@@ -21,6 +21,9 @@ async fn target_down_answers_503_and_keeps_state() {
     .unwrap()
     .expect("second cluster");
     let mut config = cluster.config.clone();
+    let TargetConfig::Postgres(local) = config.targets["local"].clone() else {
+        unreachable!()
+    };
     config.targets.insert(
         "flaky".into(),
         TargetConfig::Postgres(PostgresTargetConfig {
@@ -31,6 +34,7 @@ async fn target_down_answers_503_and_keeps_state() {
             max_environments: 10,
             connection_limit: 5,
             revoke_public_connect: true,
+            ..local
         }),
     );
     let app = TestApp::spawn_with(cluster.clone(), config.clone()).await;

@@ -10,6 +10,7 @@ pub mod postgres;
 
 use crate::blueprint::{Blueprint, SourceFile};
 use crate::domain::{EnvKey, Isolation};
+use crate::service::{Deadline, QueueFull};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,8 @@ pub struct ProvisionRequest {
     pub blueprint: Option<Arc<Blueprint>>,
     /// The caller's own migrations, applied on top of the blueprint in its format.
     pub migrations: Vec<SourceFile>,
+    /// By when the environment must be ready; every wait and statement is bounded by it.
+    pub deadline: Deadline,
 }
 
 /// Backend-specific names and ids of what an environment owns on its target, kept in the
@@ -142,12 +145,35 @@ pub enum BackendError {
     /// The caller's migrations failed (file, line, server message).
     #[error("migration failed: {message}")]
     Migration { message: String },
+    /// The target's work queue is full; the caller may retry after `retry_after`.
+    #[error("{message}")]
+    Busy {
+        message: String,
+        retry_after: Duration,
+    },
+    /// The work did not finish within its deadline (and was cancelled).
+    #[error("{message}")]
+    Deadline { message: String },
 }
 
 impl BackendError {
     pub fn failed(message: impl Into<String>) -> Self {
         Self::Failed {
             message: message.into(),
+        }
+    }
+}
+
+impl From<QueueFull> for BackendError {
+    fn from(e: QueueFull) -> Self {
+        match e {
+            QueueFull::Full { retry_after, .. } => BackendError::Busy {
+                message: format!("target busy: {e}"),
+                retry_after,
+            },
+            QueueFull::Expired { .. } => BackendError::Deadline {
+                message: e.to_string(),
+            },
         }
     }
 }
@@ -199,11 +225,14 @@ pub trait Backend: Send + Sync {
         expires_at: DateTime<Utc>,
     ) -> Result<Connection, BackendError>;
 
-    /// Returns the environment's data to its starting point, keeping its credentials.
+    /// Returns the environment's data to its starting point, keeping its credentials
+    /// (`password` is the current one: blueprint files may run logged in as the environment).
     async fn reset(
         &self,
         resources: &Resources,
-        blueprint: Option<&Blueprint>,
+        blueprint: Option<&Arc<Blueprint>>,
+        password: &Secret,
+        deadline: &Deadline,
     ) -> Result<(), BackendError>;
 
     async fn health(&self) -> TargetHealth;
@@ -222,26 +251,55 @@ pub trait Backend: Send + Sync {
         BlueprintStatus::default()
     }
 
-    /// Applies more of the caller's migrations to a live environment, keeping its data.
+    /// Applies more of the caller's migrations to a live environment, keeping its data. They
+    /// run logged in as the environment's role, with `password`.
     async fn migrate(
         &self,
         _resources: &Resources,
         _blueprint: Option<&Blueprint>,
         _migrations: &[SourceFile],
+        _password: &Secret,
+        _deadline: &Deadline,
     ) -> Result<usize, BackendError> {
         Err(BackendError::Invalid {
             message: "this target does not apply migrations".into(),
         })
     }
 
-    /// Drops templates and pooled databases of blueprint hashes not in `keep`; those of
-    /// blueprints not in `known` (by name) only when long unused.
+    /// Drops templates and pooled databases of blueprint hashes not in `keep` (those of
+    /// blueprints not in `known`, by name, only when long unused), and anything carrying
+    /// previewdb's name prefix that neither `accounted` (the resources of every record that may
+    /// still own something) nor a pool accounts for, once it has been seen so for a grace period.
     async fn collect_garbage(
         &self,
         _keep: &[String],
         _known: &[String],
+        _accounted: &[Resources],
     ) -> Result<Vec<String>, BackendError> {
         Ok(vec![])
+    }
+
+    /// Whether this target measures sizes and can lock environments out (size quotas).
+    fn has_quotas(&self) -> bool {
+        false
+    }
+
+    /// The size quota of an environment made from `blueprint`, if any.
+    fn quota_for(&self, _blueprint: Option<&Blueprint>) -> Option<u64> {
+        None
+    }
+
+    /// The size in bytes of each environment (by its index in `envs`) that could be measured.
+    async fn measure(&self, _envs: &[&Resources]) -> Result<Vec<(usize, i64)>, BackendError> {
+        Ok(vec![])
+    }
+
+    /// Refuses the environment's logins and ends its sessions (`locked`), or lets it log in
+    /// again.
+    async fn set_locked(&self, _resources: &Resources, _locked: bool) -> Result<(), BackendError> {
+        Err(BackendError::Invalid {
+            message: "this target cannot lock environments".into(),
+        })
     }
 }
 
@@ -263,10 +321,11 @@ pub fn resource<'a>(resources: &'a Resources, name: &str) -> Option<&'a str> {
     resources.get(name).and_then(|v| v.as_str())
 }
 
-/// Builds a PostgreSQL object name from an environment key: `pdb_<slug>_<hash>`, where the
+/// Builds a PostgreSQL object name from an environment key: `pdb_env_<slug>_<hash>`, where the
 /// slug is the key in `[a-z0-9_]` (readable in `\l`) and the hash of `key` and `salt` keeps two
 /// keys — or two lives of one key, when the salt is the environment id — from ever colliding.
-/// Always below 63 bytes.
+/// Always below 63 bytes. `pdb_env_` sets environments apart from previewdb's other objects
+/// (see `backend::postgres::names`), whatever the key.
 pub fn object_name(key: &EnvKey, salt: &str) -> crate::domain::PgIdent {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
@@ -276,9 +335,9 @@ pub fn object_name(key: &EnvKey, salt: &str) -> crate::domain::PgIdent {
     let hash = hex::encode(&h.finalize()[..6]);
     let slug = key.slug(40);
     let name = if slug.is_empty() {
-        format!("pdb_{hash}")
+        format!("pdb_env_{hash}")
     } else {
-        format!("pdb_{slug}_{hash}")
+        format!("pdb_env_{slug}_{hash}")
     };
     crate::domain::PgIdent::parse(&name).expect("generated names are valid identifiers")
 }
@@ -294,7 +353,7 @@ mod tests {
             .unwrap_or_else(|_| EnvKey::parse("acme/web/123").unwrap());
         assert!(object_name(&a, "x")
             .as_str()
-            .starts_with("pdb_acme_web_123_"));
+            .starts_with("pdb_env_acme_web_123_"));
         assert_ne!(object_name(&a, "x"), object_name(&b, "x"));
         assert_ne!(object_name(&a, "x"), object_name(&a, "y"));
         let long = EnvKey::parse(&"é".repeat(200)).unwrap();

@@ -25,6 +25,8 @@ pub struct CreateBody {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     migrations: Vec<MigrationBody>,
+    /// How long to wait at most, e.g. `90s` (the target's `provision_timeout` caps it).
+    timeout: Option<String>,
 }
 
 /// One of the caller's migrations: a file name in the blueprint's format and its SQL.
@@ -87,6 +89,15 @@ impl CreateBody {
             labels: Labels::parse(self.labels).map_err(|e| ApiError::invalid(e.to_string()))?,
             blueprint: self.blueprint,
             migrations: migration_files(self.migrations)?,
+            timeout: self
+                .timeout
+                .as_deref()
+                .map(|t| {
+                    Ttl::parse(t)
+                        .map(Ttl::as_duration)
+                        .map_err(|e| ApiError::invalid(format!("timeout: {}", e.reason)))
+                })
+                .transpose()?,
         })
     }
 }
@@ -120,6 +131,13 @@ pub struct EnvView {
     labels: Labels,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// Logins refused (see `lock_reason`); deleting, resetting and extending still work.
+    locked: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lock_reason: Option<String>,
+    /// The size last measured by the quota watchdog.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size_bytes: Option<i64>,
 }
 
 impl From<Env> for EnvView {
@@ -151,6 +169,9 @@ impl From<Env> for EnvView {
             deleted_at: r.deleted_at,
             labels: r.labels,
             error: r.error,
+            locked: r.lock_reason.is_some(),
+            lock_reason: r.lock_reason,
+            size_bytes: r.size_bytes,
         }
     }
 }

@@ -87,6 +87,18 @@ impl From<ServiceError> for ApiError {
             ServiceError::MigrationFailed(m) => {
                 ApiError::new(S::UNPROCESSABLE_ENTITY, "migration_failed", m)
             }
+            ServiceError::DeadlineExceeded(m) => {
+                ApiError::new(S::GATEWAY_TIMEOUT, "deadline_exceeded", m)
+            }
+            ServiceError::QueueFull {
+                message,
+                retry_after,
+            } => ApiError {
+                retry_after: Some(retry_after.as_secs().max(1)),
+                ..ApiError::new(S::SERVICE_UNAVAILABLE, "queue_full", message)
+            },
+            ServiceError::Cancelled(m) => ApiError::new(S::CONFLICT, "cancelled", m),
+            ServiceError::Locked(m) => ApiError::new(S::CONFLICT, "locked", m),
             ServiceError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 ApiError::new(S::INTERNAL_SERVER_ERROR, "internal", m)

@@ -7,18 +7,17 @@ use super::{Item, Mode, Policy, Script, ScriptError};
 use crate::blueprint::{MigrationFormat, SourceFile};
 use crate::pgconn::PgConnector;
 
-/// Where migrations run: a database reached through `server`, acting as `role` (set at
-/// connection start, so every object they create belongs to that role).
+/// Where migrations run: a database reached through `server`, which must log in as the role
+/// that is to own what they create (see `PgConnector::with_login`) — never an admin login that
+/// switches role, which the SQL could switch back.
 #[derive(Clone)]
 pub struct Session {
     server: PgConnector,
 }
 
 impl Session {
-    pub fn new(server: &PgConnector, role: &str) -> Self {
-        Self {
-            server: server.with_role(role),
-        }
+    pub fn new(server: PgConnector) -> Self {
+        Self { server }
     }
 
     pub async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
@@ -81,6 +80,10 @@ async fn apply_refinery(session: &Session, files: &[SourceFile]) -> Result<usize
             // those it did not report as applied.
             let failing = failing_file(&mut client, files).await;
             Err(match (source, failing) {
+                // A statement cut short by its deadline would only be cut short again.
+                (Some(err), Some(f)) if is_cancel(err.code()) => {
+                    ScriptError::server(&f.name, 1, &f.text, err)
+                }
                 (Some(err), Some(f)) => match locate(session, f).await {
                     Some(precise) => precise,
                     None => ScriptError::server(&f.name, 1, &f.text, err),
@@ -142,9 +145,13 @@ async fn apply_sqlx(session: &Session, files: &[SourceFile]) -> Result<usize, Sc
                     .is_some_and(|(v, _)| v.parse() == Ok(version))
             });
             let name = file.map_or_else(|| version.to_string(), |f| f.name.clone());
+            let cancelled = err
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c == "57014");
             let located = match file {
-                Some(f) => locate(session, f).await,
-                None => None,
+                Some(f) if !cancelled => locate(session, f).await,
+                _ => None,
             };
             match (
                 err.as_database_error()
@@ -194,6 +201,10 @@ async fn locate(session: &Session, file: &SourceFile) -> Option<ScriptError> {
     }
     let _ = client.batch_execute("ROLLBACK").await;
     found
+}
+
+fn is_cancel(code: Option<&tokio_postgres::error::SqlState>) -> bool {
+    code == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
 }
 
 async fn sqlx_applied(pool: &sqlx::PgPool) -> usize {

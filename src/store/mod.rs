@@ -1,6 +1,7 @@
 //! The control-plane store: previewdb's own state in PostgreSQL, schema from `migrations/`.
 
 mod crypto;
+mod leases;
 mod record;
 
 pub use crypto::Sealer;
@@ -10,11 +11,13 @@ use crate::advisory_key;
 use crate::backend::Resources;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 refinery::embed_migrations!("migrations");
+
+/// Connections to the control store. Every use is one short statement or transaction (no
+/// caller holds one while it waits for anything else), so a few serve hundreds of callers.
+const POOL_SIZE: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,40 +38,17 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
-    local_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
-}
-
-/// Holds the per-key lock that serialises every change to one environment key, across this
-/// process (a mutex) and across replicas (a transaction-scoped advisory lock in the store).
-pub struct KeyLock {
-    _local: tokio::sync::OwnedMutexGuard<()>,
-    conn: Option<deadpool_postgres::Object>,
-}
-
-impl Drop for KeyLock {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            // Ending the transaction releases the advisory lock; the connection must not go
-            // back to the pool inside it.
-            tokio::spawn(async move {
-                let _ = conn.batch_execute("ROLLBACK").await;
-            });
-        }
-    }
 }
 
 const COLUMNS: &str = "id, key, target, isolation, blueprint, blueprint_hash, settings_digest, state, \
     error, resources, teardown_pending, connection, password_sealed, labels, created_at, updated_at, \
-    expires_at, deleted_at";
+    expires_at, deleted_at, size_bytes, lock_reason";
 
 impl Store {
     /// Connects and brings the schema up to date (one replica at a time).
     pub async fn open(url: &str) -> anyhow::Result<Self> {
-        let pool = crate::pgconn::PgConnector::parse(url)?.pool(32)?;
-        let store = Self {
-            pool,
-            local_locks: Default::default(),
-        };
+        let pool = crate::pgconn::PgConnector::parse(url)?.pool(POOL_SIZE)?;
+        let store = Self { pool };
         store.migrate().await?;
         Ok(store)
     }
@@ -99,57 +79,29 @@ impl Store {
         Ok(())
     }
 
-    pub async fn lock_key(&self, key: &str) -> Result<KeyLock> {
-        let local = {
-            let mut map = self.local_locks.lock().unwrap();
-            map.retain(|_, m| Arc::strong_count(m) > 1);
-            map.entry(key.to_owned()).or_default().clone()
-        };
-        let guard = local.lock_owned().await;
-        let conn = self.pool.get().await?;
-        let mut lock = KeyLock {
-            _local: guard,
-            conn: Some(conn),
-        };
-        // One round trip: the id is a number we computed, and the explicit BEGIN keeps the
-        // transaction (and with it the lock) open after this query.
-        let conn = lock.conn.as_mut().expect("just set");
-        conn.batch_execute(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({})",
-            advisory_key("env", key)
-        ))
+    /// Records a new environment unless its target already holds `max_live` live ones. The
+    /// count and the insert run under a per-target lock in one short transaction, so
+    /// concurrent creates cannot overshoot the limit. Answers whether it was recorded.
+    pub async fn insert_within(&self, r: &EnvRecord, max_live: u32) -> Result<bool> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&advisory_key("capacity", &r.target)],
+        )
         .await?;
-        Ok(lock)
-    }
-
-    /// Takes the key's lock only if nobody holds it (used to find orphaned provisioning rows).
-    pub async fn try_lock_key(&self, key: &str) -> Result<Option<KeyLock>> {
-        let local = {
-            let mut map = self.local_locks.lock().unwrap();
-            map.entry(key.to_owned()).or_default().clone()
-        };
-        let Ok(guard) = local.try_lock_owned() else {
-            return Ok(None);
-        };
-        let conn = self.pool.get().await?;
-        conn.batch_execute("BEGIN").await?;
-        let mut lock = KeyLock {
-            _local: guard,
-            conn: Some(conn),
-        };
-        let conn = lock.conn.as_mut().expect("just set");
-        let row = conn
+        let live: i64 = tx
             .query_one(
-                "SELECT pg_try_advisory_xact_lock($1)",
-                &[&advisory_key("env", key)],
+                "SELECT count(*) FROM environments WHERE target = $1 \
+                 AND state IN ('provisioning', 'ready', 'deleting')",
+                &[&r.target],
             )
-            .await?;
-        Ok(row.get::<_, bool>(0).then_some(lock))
-    }
-
-    pub async fn insert(&self, r: &EnvRecord) -> Result<()> {
-        let conn = self.pool.get().await?;
-        conn.execute(
+            .await?
+            .get(0);
+        if live >= i64::from(max_live) {
+            return Ok(false);
+        }
+        tx.execute(
             "INSERT INTO environments (id, key, target, isolation, blueprint, blueprint_hash, \
              settings_digest, state, resources, labels, created_at, updated_at, expires_at, teardown_pending) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, true)",
@@ -169,7 +121,8 @@ impl Store {
             ],
         )
         .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn mark_ready(
@@ -367,5 +320,70 @@ impl Store {
              OR (state = 'failed' AND teardown_pending)"
         );
         self.query(&sql, &[]).await
+    }
+
+    /// The resources of every record that may still own something on a target (live ones,
+    /// and failures whose clean-up is pending), on any target: what garbage collection must
+    /// leave alone.
+    pub async fn accounted_resources(&self) -> Result<Vec<Resources>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT resources FROM environments \
+                 WHERE state IN ('provisioning', 'ready', 'deleting') OR teardown_pending",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| match r.get::<_, serde_json::Value>(0) {
+                serde_json::Value::Object(m) => Some(m),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Ready environments of `target`, for the quota watchdog.
+    pub async fn ready_on(&self, target: &str) -> Result<Vec<EnvRecord>> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM environments WHERE state = 'ready' AND target = $1");
+        self.query(&sql, &[&target]).await
+    }
+
+    /// Records measured sizes, one statement for the lot.
+    pub async fn set_sizes(&self, sizes: &[(Uuid, i64)]) -> Result<()> {
+        let (ids, bytes): (Vec<Uuid>, Vec<i64>) = sizes.iter().copied().unzip();
+        self.exec(
+            "UPDATE environments e SET size_bytes = m.bytes, size_measured_at = now() \
+             FROM unnest($1::uuid[], $2::bigint[]) AS m(id, bytes) WHERE e.id = m.id",
+            &[&ids, &bytes],
+        )
+        .await
+    }
+
+    /// Sets or clears (`None`) the reason logins are refused.
+    pub async fn set_lock(&self, id: Uuid, reason: Option<&str>) -> Result<()> {
+        self.exec(
+            "UPDATE environments SET lock_reason = $2, updated_at = now() WHERE id = $1",
+            &[&id, &reason],
+        )
+        .await
+    }
+
+    /// Live environments locked out, per target.
+    pub async fn count_locked(&self) -> Result<Vec<(String, i64)>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT target, count(*) FROM environments \
+                 WHERE lock_reason IS NOT NULL AND state = 'ready' GROUP BY target",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }

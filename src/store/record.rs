@@ -98,6 +98,10 @@ pub struct EnvRecord {
     pub updated_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Last size measured by the quota watchdog.
+    pub size_bytes: Option<i64>,
+    /// Why logins are refused (`over_quota`), when they are.
+    pub lock_reason: Option<String>,
 }
 
 impl EnvRecord {
@@ -129,6 +133,8 @@ impl EnvRecord {
             updated_at: row.get("updated_at"),
             expires_at: row.get("expires_at"),
             deleted_at: row.get("deleted_at"),
+            size_bytes: row.get("size_bytes"),
+            lock_reason: row.get("lock_reason"),
         }
     }
 

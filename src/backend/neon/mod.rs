@@ -645,7 +645,9 @@ impl Backend for NeonBackend {
     async fn reset(
         &self,
         resources: &Resources,
-        _blueprint: Option<&crate::blueprint::Blueprint>,
+        _blueprint: Option<&std::sync::Arc<crate::blueprint::Blueprint>>,
+        _password: &Secret,
+        _deadline: &crate::service::Deadline,
     ) -> Result<(), BackendError> {
         let (branch_id, _, _) = self.live(resources)?;
         let dl = self.deadline();

@@ -2,8 +2,12 @@
 //! from its blueprint's template (see `template`), preferably out of the warm pool (see `pool`);
 //! or, with `schema` isolation, a schema of its own in a shared database (see `schema`).
 
+mod gc;
+mod lock;
+pub mod names;
 mod pool;
 mod schema;
+mod teardown;
 mod template;
 
 use super::{
@@ -14,12 +18,14 @@ use crate::blueprint::{Blueprint, MigrationFormat, SourceFile};
 use crate::configuration::PostgresTargetConfig;
 use crate::domain::{Isolation, PgIdent};
 use crate::pgconn::PgConnector;
+use crate::service::{Deadline, WorkQueue};
 use crate::sqlexec::migrations::{self, Session};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use postgres_protocol::escape::escape_literal;
 use rand::distributions::{Alphanumeric, DistString};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -41,6 +47,16 @@ pub struct PostgresBackend {
     inner: Arc<Inner>,
 }
 
+/// What a postgres target takes from the service-wide settings.
+pub struct ServiceSettings {
+    /// The password `previewdb_builder` logs in with; the same on every replica.
+    pub builder_password: Secret,
+    /// Longest a create, reset or migrate may take (also bounds a template build).
+    pub provision_timeout: Duration,
+    /// How long an unaccounted object with the prefix is left before it is collected.
+    pub orphan_grace: Duration,
+}
+
 struct Inner {
     cfg: PostgresTargetConfig,
     admin: Pool,
@@ -48,22 +64,39 @@ struct Inner {
     server: OnceCell<ServerInfo>,
     templates: template::Templates,
     pool: pool::WarmPool,
+    queue: Arc<WorkQueue>,
+    builder_password: Secret,
+    build_timeout: Duration,
+    orphan_grace: Duration,
+    /// When garbage collection first saw each object that nothing accounts for.
+    orphans: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl PostgresBackend {
-    pub fn new(cfg: PostgresTargetConfig) -> anyhow::Result<Self> {
+    pub fn new(cfg: PostgresTargetConfig, settings: ServiceSettings) -> anyhow::Result<Self> {
         let admin_server = PgConnector::parse(&cfg.admin_url)?;
         let admin = admin_server.pool(16)?;
+        let queue = WorkQueue::new(cfg.max_concurrent_provisions, cfg.max_queued);
         Ok(Self {
             inner: Arc::new(Inner {
+                build_timeout: cfg.provision_timeout.unwrap_or(settings.provision_timeout),
                 cfg,
                 admin,
                 admin_server,
                 server: OnceCell::new(),
                 templates: Default::default(),
                 pool: Default::default(),
+                queue,
+                builder_password: settings.builder_password,
+                orphan_grace: settings.orphan_grace,
+                orphans: Default::default(),
             }),
         })
+    }
+
+    /// The heavy-work queue of this target (for its figures in `/metrics`).
+    pub fn queue(&self) -> &Arc<WorkQueue> {
+        &self.inner.queue
     }
 
     /// Hardens the cluster for untrusted roles: PUBLIC loses CONNECT on every database that is
@@ -77,9 +110,9 @@ impl PostgresBackend {
         let rows = conn
             .query(
                 "SELECT d.datname FROM pg_database d \
-                 WHERE d.datallowconn AND NOT coalesce(shobj_description(d.oid, 'pg_database'), '') LIKE 'previewdb:%' \
+                 WHERE d.datallowconn AND NOT starts_with(d.datname, $1) \
                  AND has_database_privilege('public', d.oid, 'CONNECT')",
-                &[],
+                &[&names::PREFIX],
             )
             .await
             .map_err(db_err)?;
@@ -134,25 +167,38 @@ impl Inner {
             .copied()
     }
 
-    /// Databases whose COMMENT starts with `prefix`, with that comment: how previewdb finds its
-    /// templates and pool entries on the target.
-    async fn marked_databases(&self, prefix: &str) -> Result<Vec<(String, String)>, BackendError> {
-        let rows = self
-            .admin()
-            .await?
-            .query(
-                "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database \
-                 WHERE starts_with(shobj_description(oid, 'pg_database'), $1)",
-                &[&prefix],
-            )
-            .await
-            .map_err(db_err)?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-    }
-
     /// The admin's connection settings, pointed at another database of the target.
     fn db_server(&self, database: &str) -> PgConnector {
         self.admin_server.with_dbname(database)
+    }
+
+    /// A login of the environment's own role into `database`, for SQL that previewdb did not
+    /// write (a caller's migrations; a blueprint's files in schema isolation): it cannot become
+    /// anyone else. Its statements and lock waits end with the deadline, and its sessions carry
+    /// an application name of their own so that they can be ended if the work is abandoned.
+    fn login(
+        &self,
+        database: &PgIdent,
+        role: &PgIdent,
+        password: &Secret,
+        deadline: &Deadline,
+    ) -> (PgConnector, RunGuard<'_>) {
+        let tag = format!("previewdb-run-{}", uuid::Uuid::new_v4().simple());
+        let ms = deadline.statement_timeout_ms();
+        let server = self
+            .db_server(database.as_str())
+            .with_login(role.as_str(), password.expose())
+            .with_application_name(&tag)
+            .with_setting("statement_timeout", &ms.to_string())
+            .with_setting("lock_timeout", &ms.min(30_000).to_string());
+        (
+            server,
+            RunGuard {
+                inner: self,
+                tag,
+                done: false,
+            },
+        )
     }
 
     /// A dedicated admin connection to `database`, closed when dropped.
@@ -275,31 +321,36 @@ impl Inner {
             .map_err(db_err)
     }
 
-    /// Applies `extra` on top of the blueprint's migrations (already applied, so skipped).
+    /// Applies `extra` on top of the blueprint's migrations (already applied, so skipped),
+    /// logged in as the environment's role, after waiting for a place in the target's queue.
     async fn apply_migrations(
         &self,
         env: &EnvNames,
         blueprint: Option<&Blueprint>,
         extra: &[SourceFile],
+        password: &Secret,
+        deadline: &Deadline,
     ) -> Result<usize, BackendError> {
         let format = blueprint.map_or(MigrationFormat::Plain, |b| b.format);
         let mut files: Vec<SourceFile> =
             blueprint.map(|b| b.migrations.clone()).unwrap_or_default();
         files.extend_from_slice(extra);
-        let session = if env.in_schema {
-            self.schema_session(&env.db, &env.role)
+        let _slot = self.queue.admit(deadline).await?;
+        let (server, mut run) = if env.in_schema {
+            self.schema_login(&env.db, &env.role, password, deadline)
         } else {
-            Session::new(&self.db_server(env.db.as_str()), env.role.as_str())
+            self.login(&env.db, &env.role, password, deadline)
         };
-        migrations::apply(format, &session, &files)
+        let applied = migrations::apply(format, &Session::new(server), &files)
             .await
-            .map_err(|e| BackendError::Migration {
-                message: e.to_string(),
-            })
+            .map_err(migration_error)?;
+        run.done();
+        Ok(applied)
     }
 
     /// Creates the environment's role and database: from the warm pool when it has one ready,
-    /// else cloned (or empty) on demand; then the caller's migrations.
+    /// else cloned (or empty) on demand — cold work waits for its place in the target's queue;
+    /// then the caller's migrations.
     async fn make(
         self: &Arc<Self>,
         req: &ProvisionRequest,
@@ -307,20 +358,27 @@ impl Inner {
         role: &PgIdent,
     ) -> Result<Secret, BackendError> {
         let password = match &req.blueprint {
-            None => self.create_cold(req, None, db, role).await?,
+            None => {
+                let _slot = self.queue.admit(&req.deadline).await?;
+                self.create_cold(req, None, db, role).await?
+            }
             Some(bp) => {
-                let tpl = self.templates.ensure(self, bp).await?;
+                let tpl = self.templates.ensure(self, bp, &req.deadline).await?;
                 let warm = pool::claim(self, bp, &tpl, req, db, role).await?;
                 pool::refill_in_background(self.clone(), bp.clone(), tpl.clone());
                 match warm {
                     Some(password) => password,
-                    None => match self.create_cold(req, Some(&tpl), db, role).await {
+                    None => match {
+                        let _slot = self.queue.admit(&req.deadline).await?;
+                        self.create_cold(req, Some(&tpl), db, role).await
+                    } {
                         // Another replica (with another configuration) collected the template:
                         // build it again.
                         Err(e) if e.to_string().contains("(SQLSTATE 3D000)") => {
                             self.templates.forget(&tpl.hash);
                             self.teardown(db, role).await?;
-                            let tpl = self.templates.ensure(self, bp).await?;
+                            let tpl = self.templates.ensure(self, bp, &req.deadline).await?;
+                            let _slot = self.queue.admit(&req.deadline).await?;
                             self.create_cold(req, Some(&tpl), db, role).await?
                         }
                         outcome => outcome?,
@@ -334,8 +392,14 @@ impl Inner {
                 role: role.clone(),
                 in_schema: false,
             };
-            self.apply_migrations(&env, req.blueprint.as_deref(), &req.migrations)
-                .await?;
+            self.apply_migrations(
+                &env,
+                req.blueprint.as_deref(),
+                &req.migrations,
+                &password,
+                &req.deadline,
+            )
+            .await?;
         }
         Ok(password)
     }
@@ -538,34 +602,39 @@ impl Backend for PostgresBackend {
     async fn reset(
         &self,
         resources: &Resources,
-        blueprint: Option<&Blueprint>,
+        blueprint: Option<&Arc<Blueprint>>,
+        password: &Secret,
+        deadline: &Deadline,
     ) -> Result<(), BackendError> {
         let inner = &self.inner;
         let env = names(resources)?;
         if env.in_schema {
-            return inner.reset_schema(&env.db, &env.role, blueprint).await;
+            let bp = blueprint.map(|b| b.as_ref());
+            return inner
+                .reset_schema(&env.db, &env.role, bp, password, deadline)
+                .await;
         }
         let (db, role) = (env.db, env.role);
         let template = match blueprint {
-            Some(bp) => Some(inner.templates.ensure(inner, bp).await?),
+            Some(bp) => Some(inner.templates.ensure(inner, bp, deadline).await?),
             None => None,
         };
+        let _slot = inner.queue.admit(deadline).await?;
         let conn = inner.admin().await?;
-        let mark: Option<String> = conn
+        // The tenant owns its database's COMMENT: only our own kind of mark is carried over.
+        let mark: Option<Option<String>> = conn
             .query_opt(
                 "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
                 &[&db.as_str()],
             )
             .await
             .map_err(db_err)?
-            .and_then(|r| r.get(0));
+            .map(|r| r.get(0));
         let mark = mark.ok_or_else(|| BackendError::failed(format!("database {db} is missing")))?;
-        conn.batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            db.quoted()
-        ))
-        .await
-        .map_err(db_err)?;
+        let mark = mark
+            .filter(|m| m.starts_with(MARK_PREFIX) && m.len() <= 64)
+            .unwrap_or_else(|| MARK_PREFIX.trim_end_matches('=').to_owned());
+        teardown::drop_database(inner, db.as_str()).await?;
         inner
             .create_database(&conn, &db, &role, template.as_ref(), &escape_literal(&mark))
             .await?;
@@ -606,7 +675,8 @@ impl Backend for PostgresBackend {
 
     async fn prepare(&self, blueprint: &Arc<Blueprint>) -> Result<BlueprintStatus, BackendError> {
         let inner = &self.inner;
-        let tpl = inner.templates.ensure(inner, blueprint).await?;
+        let deadline = Deadline::after(inner.build_timeout);
+        let tpl = inner.templates.ensure(inner, blueprint, &deadline).await?;
         pool::fill(inner, blueprint, &tpl, true).await?;
         Ok(self.blueprint_status(blueprint).await)
     }
@@ -634,9 +704,17 @@ impl Backend for PostgresBackend {
         resources: &Resources,
         blueprint: Option<&Blueprint>,
         migrations: &[SourceFile],
+        password: &Secret,
+        deadline: &Deadline,
     ) -> Result<usize, BackendError> {
         self.inner
-            .apply_migrations(&names(resources)?, blueprint, migrations)
+            .apply_migrations(
+                &names(resources)?,
+                blueprint,
+                migrations,
+                password,
+                deadline,
+            )
             .await
     }
 
@@ -644,8 +722,185 @@ impl Backend for PostgresBackend {
         &self,
         keep: &[String],
         known: &[String],
+        accounted: &[Resources],
     ) -> Result<Vec<String>, BackendError> {
-        template::collect_garbage(&self.inner, keep, known).await
+        gc::collect_garbage(&self.inner, keep, known, accounted).await
+    }
+
+    fn has_quotas(&self) -> bool {
+        true
+    }
+
+    fn quota_for(&self, blueprint: Option<&Blueprint>) -> Option<u64> {
+        blueprint
+            .and_then(|b| b.max_environment_bytes)
+            .or(self.inner.cfg.max_environment_bytes)
+    }
+
+    async fn measure(&self, envs: &[&Resources]) -> Result<Vec<(usize, i64)>, BackendError> {
+        let inner = &self.inner;
+        let named: Vec<(usize, EnvNames)> = envs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((i, names(r).ok()?)))
+            .collect();
+        let mut sizes = vec![];
+        let databases: Vec<&str> = named
+            .iter()
+            .filter(|(_, e)| !e.in_schema)
+            .map(|(_, e)| e.db.as_str())
+            .collect();
+        let rows = inner
+            .admin()
+            .await?
+            .query(
+                "SELECT datname, pg_database_size(oid) FROM pg_database WHERE datname = ANY($1)",
+                &[&databases],
+            )
+            .await
+            .map_err(db_err)?;
+        for row in rows {
+            let name: String = row.get(0);
+            if let Some((i, _)) = named
+                .iter()
+                .find(|(_, e)| !e.in_schema && e.db.as_str() == name)
+            {
+                sizes.push((*i, row.get(1)));
+            }
+        }
+        // Schema isolation: what the schema's tables hold, per shared database.
+        let mut shared: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (_, e) in named.iter().filter(|(_, e)| e.in_schema) {
+            shared
+                .entry(e.db.as_str())
+                .or_default()
+                .push(e.role.as_str());
+        }
+        for (db, schemas) in shared {
+            let rows = inner
+                .connect_db(db)
+                .await?
+                .query(
+                    "SELECT n.nspname, coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint \
+                     FROM pg_namespace n LEFT JOIN pg_class c \
+                       ON c.relnamespace = n.oid AND c.relkind IN ('r', 'm') \
+                     WHERE n.nspname = ANY($1) GROUP BY n.nspname",
+                    &[&schemas],
+                )
+                .await
+                .map_err(db_err)?;
+            for row in rows {
+                let name: String = row.get(0);
+                if let Some((i, _)) = named
+                    .iter()
+                    .find(|(_, e)| e.in_schema && e.db.as_str() == db && e.role.as_str() == name)
+                {
+                    sizes.push((*i, row.get(1)));
+                }
+            }
+        }
+        Ok(sizes)
+    }
+
+    async fn set_locked(&self, resources: &Resources, locked: bool) -> Result<(), BackendError> {
+        let role = names(resources)?.role;
+        let sql = if locked {
+            format!(
+                "ALTER ROLE {} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE usename = {} AND pid <> pg_backend_pid();",
+                role.quoted(),
+                escape_literal(role.as_str())
+            )
+        } else {
+            format!("ALTER ROLE {} LOGIN", role.quoted())
+        };
+        self.inner
+            .admin()
+            .await?
+            .batch_execute(&sql)
+            .await
+            .map_err(db_err)
+    }
+}
+
+/// Sessions started for one run of SQL previewdb did not write (see `Inner::login`). Unless
+/// the run completed, they are ended when this is dropped: a caller that gave up, or a
+/// deadline that passed, must not leave a statement running on the server.
+struct RunGuard<'a> {
+    inner: &'a Inner,
+    tag: String,
+    done: bool,
+}
+
+impl RunGuard<'_> {
+    fn done(&mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for RunGuard<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let (pool, tag) = (self.inner.admin.clone(), std::mem::take(&mut self.tag));
+        tokio::spawn(async move {
+            if let Ok(conn) = pool.get().await {
+                let _ = conn
+                    .execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE application_name = $1",
+                        &[&tag],
+                    )
+                    .await;
+            }
+        });
+    }
+}
+
+/// Runs `sql` (a transaction that renames database `name`) once nobody is connected to it:
+/// sessions just ended may take a moment to go.
+async fn rename_when_free(
+    admin: &tokio_postgres::Client,
+    name: &str,
+    sql: &str,
+) -> Result<(), BackendError> {
+    let mut attempt = 0;
+    loop {
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&name],
+            )
+            .await
+            .map_err(db_err)?;
+        match admin.batch_execute(sql).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                // The failed statement left its transaction open.
+                let _ = admin.batch_execute("ROLLBACK").await;
+                let in_use = e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE);
+                attempt += 1;
+                if !in_use || attempt >= 100 {
+                    return Err(db_err(e));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// A failed run of migrations; one cut short by its deadline (`statement_timeout`) says so.
+fn migration_error(e: crate::sqlexec::ScriptError) -> BackendError {
+    if e.sqlstate.as_deref() == Some("57014") {
+        BackendError::Deadline {
+            message: format!("deadline exceeded while applying migrations: {e}"),
+        }
+    } else {
+        BackendError::Migration {
+            message: e.to_string(),
+        }
     }
 }
 

@@ -1,20 +1,21 @@
 //! The warm pool: per blueprint, `pool_size` databases cloned from its template ahead of time,
 //! each with a placeholder role that already owns everything in it. Handing one out is a single
 //! round trip — rename role and database, give the role its login and password — and an empty
-//! pool falls back to cloning on demand. Pool entries are marked in their COMMENT with their
-//! blueprint and template hash, so that a changed blueprint retires the old ones.
+//! pool falls back to cloning on demand.
+//!
+//! Entries are made under a `pdb_fill_…` name and renamed to `pdb_pool_…` (role and database in
+//! one transaction) once complete, so a ready entry is known by its name, and one that a crash
+//! left half-made is too (see `names`): it is dropped by the next filler of that pool, or by
+//! garbage collection once nobody holds the pool's fill lock.
 
-use super::{db_err, quote, template::TemplateInfo, Inner};
+use super::lock::AdvisoryLock;
+use super::{db_err, names, quote, template::TemplateInfo, Inner};
 use crate::backend::{BackendError, ProvisionRequest, Secret};
 use crate::blueprint::Blueprint;
-use crate::domain::PgIdent;
 use postgres_protocol::escape::escape_literal;
 use rand::distributions::{Alphanumeric, DistString};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-const POOL_MARK: &str = "previewdb:pool=";
-const FILLING_MARK: &str = "previewdb:pool-filling=";
 
 /// One filler per pool in this process.
 #[derive(Default)]
@@ -22,22 +23,8 @@ pub struct WarmPool {
     fillers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-fn mark(prefix: &str, bp: &Blueprint, hash: &str) -> String {
-    format!("{prefix}{}:{hash}", bp.name)
-}
-
-pub fn is_pool_mark(comment: &str) -> bool {
-    comment.starts_with(POOL_MARK) || comment.starts_with(FILLING_MARK)
-}
-
-/// A pool entry whose template is not among `templates` (the hashes of the templates that stay).
-pub fn is_stale(comment: &str, templates: &[String]) -> bool {
-    let rest = comment
-        .strip_prefix(POOL_MARK)
-        .or_else(|| comment.strip_prefix(FILLING_MARK));
-    rest.and_then(|r| r.rsplit(':').next())
-        .is_some_and(|hash| !templates.iter().any(|k| k == hash))
-}
+/// The advisory-lock namespace of pool fillers, keyed by template hash.
+pub const FILL_LOCK: &str = "pool";
 
 /// Takes a ready pool database for the environment, renaming it and its role to the
 /// environment's names. `None` when the pool is empty.
@@ -46,8 +33,8 @@ pub async fn claim(
     bp: &Blueprint,
     tpl: &TemplateInfo,
     req: &ProvisionRequest,
-    db: &PgIdent,
-    role: &PgIdent,
+    db: &crate::domain::PgIdent,
+    role: &crate::domain::PgIdent,
 ) -> Result<Option<Secret>, BackendError> {
     if bp.pool_size == 0 {
         return Ok(None);
@@ -58,7 +45,7 @@ pub async fn claim(
     // replica) fails its rename, which rolls back that attempt only, and the next is tried.
     let sql = format!(
         "DO $claim$ DECLARE p text; BEGIN \
-           FOR p IN SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') = {pool_mark} \
+           FOR p IN SELECT datname FROM pg_database WHERE starts_with(datname, {prefix}) \
                     ORDER BY random() LOOP \
              BEGIN \
                EXECUTE format('ALTER ROLE %I RENAME TO %s', p, {role_lit}); \
@@ -72,7 +59,7 @@ pub async fn claim(
            END LOOP; \
            RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = 'previewdb: pool empty'; \
          END $claim$",
-        pool_mark = escape_literal(&mark(POOL_MARK, bp, &tpl.hash)),
+        prefix = escape_literal(&names::pool_prefix(bp, &tpl.hash)),
         role_lit = escape_literal(&role.quoted()),
         db_lit = escape_literal(&db.quoted()),
         role = role.quoted(),
@@ -86,22 +73,19 @@ pub async fn claim(
 }
 
 pub async fn ready_count(inner: &Inner, bp: &Blueprint, hash: &str) -> usize {
-    count_marked(inner, &mark(POOL_MARK, bp, hash))
-        .await
-        .unwrap_or(0) as usize
-}
-
-async fn count_marked(inner: &Inner, mark: &str) -> Result<i64, BackendError> {
-    let row = inner
-        .admin()
-        .await?
-        .query_one(
-            "SELECT count(*) FROM pg_database WHERE shobj_description(oid, 'pg_database') = $1",
-            &[&mark],
-        )
-        .await
-        .map_err(db_err)?;
-    Ok(row.get(0))
+    let count = async {
+        let row = inner
+            .admin()
+            .await?
+            .query_one(
+                "SELECT count(*) FROM pg_database WHERE starts_with(datname, $1)",
+                &[&names::pool_prefix(bp, hash)],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok::<i64, BackendError>(row.get(0))
+    };
+    count.await.unwrap_or(0) as usize
 }
 
 pub fn refill_in_background(inner: Arc<Inner>, bp: Arc<Blueprint>, tpl: TemplateInfo) {
@@ -137,30 +121,18 @@ pub async fn fill(
         Err(_) if wait => filler.lock().await,
         Err(_) => return Ok(()),
     };
-    let lock = inner.admin().await?;
-    let key = crate::advisory_key("pool", &tpl.hash);
-    if wait {
-        lock.execute("SELECT pg_advisory_lock($1)", &[&key])
-            .await
-            .map_err(db_err)?;
+    let _lock = if wait {
+        AdvisoryLock::acquire(inner, FILL_LOCK, &tpl.hash).await?
     } else {
-        let got: bool = lock
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-            .await
-            .map_err(db_err)?
-            .get(0);
-        if !got {
-            return Ok(());
+        match AdvisoryLock::try_acquire(inner, FILL_LOCK, &tpl.hash).await? {
+            Some(lock) => lock,
+            None => return Ok(()),
         }
-    }
-    let outcome = top_up(inner, bp, tpl).await;
-    let _ = lock.execute("SELECT pg_advisory_unlock($1)", &[&key]).await;
-    outcome
-}
-
-async fn top_up(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(), BackendError> {
+    };
     retire(inner, bp, tpl).await?;
     while ready_count(inner, bp, &tpl.hash).await < bp.pool_size as usize {
+        // Each clone is heavy work: it waits for its place in the target's queue.
+        let _slot = inner.queue.admit_background().await;
         add_entry(inner, bp, tpl).await?;
     }
     Ok(())
@@ -169,17 +141,29 @@ async fn top_up(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(),
 /// Drops this blueprint's entries of other hashes, and half-made entries of this one (we hold
 /// the fill lock, so nobody is making them).
 async fn retire(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(), BackendError> {
-    let rows = inner.marked_databases("previewdb:pool").await?;
-    let current = mark(POOL_MARK, bp, &tpl.hash);
-    let own = |prefix: &str, c: &str| {
-        c.strip_prefix(prefix).is_some_and(|r| {
-            r.rsplit_once(':')
-                .is_some_and(|(b, _)| b == bp.name.as_str())
-        })
-    };
-    for (name, comment) in rows {
-        let retired =
-            (own(POOL_MARK, &comment) && comment != current) || own(FILLING_MARK, &comment);
+    let rows = inner
+        .admin()
+        .await?
+        .query(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, 'pdb_pool_') \
+             OR starts_with(datname, 'pdb_fill_') \
+             UNION SELECT rolname FROM pg_roles WHERE starts_with(rolname, 'pdb_fill_')",
+            &[],
+        )
+        .await
+        .map_err(db_err)?;
+    let this_bp = Some(names::pool_blueprint(bp));
+    for row in rows {
+        let name: String = row.get(0);
+        let retired = match names::kind(&name) {
+            Some(names::Kind::Pool { blueprint, hash }) => {
+                Some(&blueprint) == this_bp.as_ref() && hash != tpl.hash
+            }
+            Some(names::Kind::Fill { blueprint, hash }) => {
+                Some(&blueprint) == this_bp.as_ref() && hash == tpl.hash
+            }
+            _ => false,
+        };
         if retired {
             drop_entry(inner, &name).await?;
         }
@@ -187,31 +171,20 @@ async fn retire(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(),
     Ok(())
 }
 
-async fn drop_entry(inner: &Inner, name: &str) -> Result<(), BackendError> {
-    let admin = inner.admin().await?;
-    admin
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote(name)
-        ))
-        .await
-        .map_err(db_err)?;
-    admin
-        .batch_execute(&format!("DROP ROLE IF EXISTS {}", quote(name)))
-        .await
-        .map_err(db_err)
+pub(super) async fn drop_entry(inner: &Inner, name: &str) -> Result<(), BackendError> {
+    super::teardown::drop_database(inner, name).await?;
+    super::teardown::drop_role(inner, name).await
 }
 
 async fn add_entry(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(), BackendError> {
     let suffix = Alphanumeric
-        .sample_string(&mut rand::rngs::OsRng, 10)
+        .sample_string(&mut rand::rngs::OsRng, 8)
         .to_ascii_lowercase();
-    let name =
-        PgIdent::parse(&format!("pdb_pool_{}_{suffix}", &tpl.hash[..8])).expect("valid pool name");
-    match make_entry(inner, bp, tpl, &name).await {
+    let (filling, ready) = names::pool_entry(bp, &tpl.hash, &suffix);
+    match make_entry(inner, tpl, &filling, &ready).await {
         Ok(()) => Ok(()),
         Err(e) => {
-            let _ = drop_entry(inner, name.as_str()).await;
+            let _ = drop_entry(inner, &filling).await;
             Err(e)
         }
     }
@@ -219,21 +192,20 @@ async fn add_entry(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<
 
 async fn make_entry(
     inner: &Inner,
-    bp: &Blueprint,
     tpl: &TemplateInfo,
-    name: &PgIdent,
+    filling: &str,
+    ready: &str,
 ) -> Result<(), BackendError> {
     let admin = inner.admin().await?;
-    let filling = escape_literal(&mark(FILLING_MARK, bp, &tpl.hash));
+    let name = crate::domain::PgIdent::parse(filling).expect("a valid pool name");
     admin
         .batch_execute(&format!(
-            "CREATE ROLE {n} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS; \
-             COMMENT ON ROLE {n} IS {filling};",
-            n = name.quoted()
+            "CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS",
+            name.quoted()
         ))
         .await
         .map_err(db_err)?;
-    inner.grant_membership(&admin, name).await?;
+    inner.grant_membership(&admin, &name).await?;
     admin
         .batch_execute(&format!(
             "CREATE DATABASE {n} TEMPLATE {t} OWNER {n}",
@@ -244,26 +216,16 @@ async fn make_entry(
         .map_err(db_err)?;
     admin
         .batch_execute(&format!(
-            "REVOKE ALL ON DATABASE {n} FROM PUBLIC; COMMENT ON DATABASE {n} IS {filling};",
-            n = name.quoted()
+            "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+            name.quoted()
         ))
         .await
         .map_err(db_err)?;
-    inner.take_ownership(name, name).await?;
-    // Our session in it must be gone before it can be renamed at hand-out.
-    admin
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-            &[&name.as_str()],
-        )
-        .await
-        .map_err(db_err)?;
-    let ready = escape_literal(&mark(POOL_MARK, bp, &tpl.hash));
-    admin
-        .batch_execute(&format!(
-            "COMMENT ON ROLE {n} IS {ready}; COMMENT ON DATABASE {n} IS {ready};",
-            n = name.quoted()
-        ))
-        .await
-        .map_err(db_err)
+    inner.take_ownership(&name, &name).await?;
+    let promote = format!(
+        "BEGIN; ALTER ROLE {f} RENAME TO {r}; ALTER DATABASE {f} RENAME TO {r}; COMMIT;",
+        f = name.quoted(),
+        r = quote(ready)
+    );
+    super::rename_when_free(&admin, filling, &promote).await
 }

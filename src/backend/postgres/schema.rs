@@ -8,11 +8,13 @@
 //! pg_dump qualifies every name with the schema it came from (`public.`), so its objects would
 //! not land in the environment's schema.
 
-use super::{db_err, template, Inner, MARK_PREFIX};
+use super::{db_err, template, Inner, RunGuard, MARK_PREFIX};
 use crate::backend::{BackendError, ProvisionRequest, Secret};
 use crate::blueprint::{Blueprint, SourceFile};
 use crate::domain::PgIdent;
-use crate::sqlexec::migrations::{self, Session};
+use crate::pgconn::PgConnector;
+use crate::service::Deadline;
+use crate::sqlexec::migrations::Session;
 use postgres_protocol::escape::escape_literal;
 
 /// How a shared database is marked (its COMMENT), with the blueprint's name after it.
@@ -70,8 +72,15 @@ impl Inner {
         self.grant_membership(&conn, role).await?;
         drop(conn);
         self.create_schema(db, role, &mark).await?;
-        self.fill_schema(db, role, blueprint, &req.migrations)
-            .await?;
+        self.fill_schema(
+            db,
+            role,
+            blueprint,
+            &req.migrations,
+            &password,
+            &req.deadline,
+        )
+        .await?;
         Ok(password)
     }
 
@@ -91,17 +100,22 @@ impl Inner {
             .map_err(db_err)
     }
 
-    /// Runs the blueprint's migrations and seeds, then `extra` migrations, as the role in its
-    /// schema; the tools' history tables land there too.
+    /// Runs the blueprint's migrations and seeds, then `extra` migrations, logged in as the
+    /// role, in its schema; the tools' history tables land there too.
     async fn fill_schema(
         &self,
         db: &PgIdent,
         role: &PgIdent,
         blueprint: Option<&Blueprint>,
         extra: &[SourceFile],
+        password: &Secret,
+        deadline: &Deadline,
     ) -> Result<(), BackendError> {
         if let Some(bp) = blueprint {
-            template::load(bp, &self.schema_session(db, role)).await?;
+            let _slot = self.queue.admit(deadline).await?;
+            let (server, mut run) = self.schema_login(db, role, password, deadline);
+            template::load(bp, &Session::new(server)).await?;
+            run.done();
         }
         if !extra.is_empty() {
             let env = super::EnvNames {
@@ -109,18 +123,25 @@ impl Inner {
                 role: role.clone(),
                 in_schema: true,
             };
-            self.apply_migrations(&env, blueprint, extra).await?;
+            self.apply_migrations(&env, blueprint, extra, password, deadline)
+                .await?;
         }
         Ok(())
     }
 
-    /// Sessions of `role` in the shared database, its schema first on the search path (set
-    /// explicitly: the role's own setting applies to its logins, not to `SET ROLE`).
-    pub(super) fn schema_session(&self, db: &PgIdent, role: &PgIdent) -> Session {
-        let server = self
-            .db_server(db.as_str())
-            .with_setting("search_path", &format!("{role},public"));
-        migrations::Session::new(&server, role.as_str())
+    /// A login of `role` in the shared database, its schema first on the search path.
+    pub(super) fn schema_login(
+        &self,
+        db: &PgIdent,
+        role: &PgIdent,
+        password: &Secret,
+        deadline: &Deadline,
+    ) -> (PgConnector, RunGuard<'_>) {
+        let (server, run) = self.login(db, role, password, deadline);
+        (
+            server.with_setting("search_path", &format!("{role},public")),
+            run,
+        )
     }
 
     /// Creates the shared database and the blueprint's extensions in it, once, under a
@@ -135,11 +156,8 @@ impl Inner {
         if self.shared_is_ready(db, &wanted).await? {
             return Ok(());
         }
+        let _guard = super::lock::AdvisoryLock::acquire(self, "shared", db.as_str()).await?;
         let lock = self.admin().await?;
-        let key = crate::advisory_key("shared", db.as_str());
-        lock.execute("SELECT pg_advisory_lock($1)", &[&key])
-            .await
-            .map_err(db_err)?;
         let outcome = async {
             let exists = lock
                 .query_opt(
@@ -183,7 +201,6 @@ impl Inner {
             Ok(())
         }
         .await;
-        let _ = lock.execute("SELECT pg_advisory_unlock($1)", &[&key]).await;
         outcome
     }
 
@@ -268,6 +285,8 @@ impl Inner {
         db: &PgIdent,
         role: &PgIdent,
         blueprint: Option<&Blueprint>,
+        password: &Secret,
+        deadline: &Deadline,
     ) -> Result<(), BackendError> {
         let conn = self.admin().await?;
         conn.execute(
@@ -277,7 +296,7 @@ impl Inner {
         )
         .await
         .map_err(db_err)?;
-        let mark: Option<String> = self
+        let mark: Option<Option<String>> = self
             .connect_db(db.as_str())
             .await?
             .query_opt(
@@ -286,14 +305,19 @@ impl Inner {
             )
             .await
             .map_err(db_err)?
-            .and_then(|r| r.get(0));
+            .map(|r| r.get(0));
         let mark = mark.ok_or_else(|| BackendError::failed(format!("schema {role} is missing")))?;
+        // The tenant owns its schema's COMMENT: only our own kind of mark is carried over.
+        let mark = mark
+            .filter(|m| m.starts_with(MARK_PREFIX) && m.len() <= 64)
+            .unwrap_or_else(|| MARK_PREFIX.trim_end_matches('=').to_owned());
         self.connect_db(db.as_str())
             .await?
             .batch_execute(&format!("DROP SCHEMA {} CASCADE", role.quoted()))
             .await
             .map_err(db_err)?;
         self.create_schema(db, role, &escape_literal(&mark)).await?;
-        self.fill_schema(db, role, blueprint, &[]).await
+        self.fill_schema(db, role, blueprint, &[], password, deadline)
+            .await
     }
 }

@@ -3,12 +3,20 @@
 //!
 //! Builds run as a dedicated non-superuser role, so that a dump's `OWNER TO` lines for roles
 //! this cluster lacks are skipped with a warning, and every clone can hand all objects to its
-//! environment's role with `REASSIGN OWNED`. The template database itself is the admin's. Concurrent requests for one hash build it once: an
-//! in-process mutex per hash, and an advisory lock on the target across replicas.
+//! environment's role with `REASSIGN OWNED`. The builder *logs in* (its password is derived
+//! from the service's encryption key, so every replica knows it): the files run in a session
+//! that cannot become anyone else. The template database itself is the admin's.
+//!
+//! Concurrent requests for one hash build it once: a task per build that its callers wait for
+//! (a caller that gives up does not stop a build others need), an in-process mutex per hash,
+//! and an advisory lock on the target across replicas. A build runs under a `pdb_bld_` name and
+//! is renamed to its `pdb_tpl_` name when finished (see `names`).
 
-use super::{db_err, quote, Inner};
+use super::lock::AdvisoryLock;
+use super::{db_err, names, quote, Inner};
 use crate::backend::{BackendError, BlueprintStatus};
 use crate::blueprint::{seed_table, Blueprint};
+use crate::service::Deadline;
 use crate::sqlexec::{self, migrations, Mode, Policy, Script, ScriptError};
 use postgres_protocol::escape::escape_literal;
 use std::collections::HashMap;
@@ -17,7 +25,8 @@ use std::sync::{Arc, Mutex};
 /// Owns every object of a template until a clone reassigns them.
 pub const BUILDER_ROLE: &str = "previewdb_builder";
 const TEMPLATE_MARK: &str = "previewdb:template=";
-const BUILDING_MARK: &str = "previewdb:building=";
+/// The advisory-lock namespace of template builds, keyed by the build's name.
+pub const BUILD_LOCK: &str = "template";
 
 #[derive(Debug, Clone)]
 pub struct TemplateInfo {
@@ -53,11 +62,6 @@ struct Mark {
 /// a blueprint removed since) is only collected once it is this old.
 const FOREIGN_TEMPLATE_GRACE: chrono::Duration = chrono::Duration::hours(24);
 
-pub fn template_name(bp: &Blueprint, hash: &str) -> String {
-    let name: String = bp.name.as_str().chars().take(30).collect();
-    format!("pdb_tpl_{name}_{hash}")
-}
-
 impl Templates {
     /// Forgets a template another process dropped, so the next `ensure` builds it again.
     pub fn forget(&self, hash: &str) {
@@ -73,36 +77,65 @@ impl Templates {
             .clone()
     }
 
-    /// The ready template of `bp` on this target, building it first if needed.
+    /// The ready template of `bp` on this target, building it first if needed; waits for a
+    /// build until `deadline`.
     pub async fn ensure(
         &self,
-        inner: &Inner,
-        bp: &Blueprint,
+        inner: &Arc<Inner>,
+        bp: &Arc<Blueprint>,
+        deadline: &Deadline,
     ) -> Result<TemplateInfo, BackendError> {
         let hash = bp.hash_for(inner.server().await?.major);
         let slot = self.slot(&hash);
-        let mut slot = slot.lock().await;
-        match &*slot {
-            Slot::Ready(t) => return Ok(t.clone()),
-            Slot::Failed(message) => {
-                return Err(BackendError::Blueprint {
-                    blueprint: bp.name.to_string(),
-                    message: message.clone(),
-                })
-            }
-            Slot::Unknown => {}
+        if let Ok(Slot::Ready(t)) = slot.try_lock().as_deref() {
+            return Ok(t.clone());
         }
-        match build_once(inner, bp, &hash).await {
-            Ok(t) => {
-                *slot = Slot::Ready(t.clone());
-                Ok(t)
-            }
-            Err(e) => {
-                if let BackendError::Blueprint { message, .. } = &e {
-                    *slot = Slot::Failed(message.clone());
+        let (inner, bp) = (inner.clone(), bp.clone());
+        let build = tokio::spawn(async move {
+            let mut slot = slot.lock_owned().await;
+            match &*slot {
+                Slot::Ready(t) => return Ok(t.clone()),
+                Slot::Failed(message) => {
+                    return Err(BackendError::Blueprint {
+                        blueprint: bp.name.to_string(),
+                        message: message.clone(),
+                    })
                 }
-                Err(e)
+                Slot::Unknown => {}
             }
+            let build_deadline = Deadline::after(inner.build_timeout);
+            let outcome = match build_deadline
+                .run(build_once(&inner, &bp, &hash, &build_deadline))
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(e) => Err(BackendError::Deadline {
+                    message: format!(
+                        "building the template of blueprint {:?}: {e}",
+                        bp.name.as_str()
+                    ),
+                }),
+            };
+            match outcome {
+                Ok(t) => {
+                    *slot = Slot::Ready(t.clone());
+                    Ok(t)
+                }
+                Err(e) => {
+                    if let BackendError::Blueprint { message, .. } = &e {
+                        *slot = Slot::Failed(message.clone());
+                    }
+                    Err(e)
+                }
+            }
+        });
+        match deadline.run(build).await {
+            Ok(joined) => {
+                joined.map_err(|e| BackendError::failed(format!("template build: {e}")))?
+            }
+            Err(e) => Err(BackendError::Deadline {
+                message: format!("waiting for the template to be built: {e}"),
+            }),
         }
     }
 
@@ -123,7 +156,7 @@ impl Templates {
                 status.template = "failed".into();
                 status.error = Some(m.clone());
             }
-            Ok(Slot::Unknown) => match existing(inner, &template_name(bp, hash)).await {
+            Ok(Slot::Unknown) => match existing(inner, &names::template(bp, hash)).await {
                 Ok(Some(t)) => {
                     status.template = "ready".into();
                     status.warnings = t.warnings;
@@ -168,52 +201,30 @@ async fn build_once(
     inner: &Inner,
     bp: &Blueprint,
     hash: &str,
+    deadline: &Deadline,
 ) -> Result<TemplateInfo, BackendError> {
-    let name = template_name(bp, hash);
+    let name = names::template(bp, hash);
     if let Some(t) = existing(inner, &name).await? {
         return Ok(t);
     }
-    let lock = inner.admin().await?;
-    let key = lock_key(&name);
-    lock.execute("SELECT pg_advisory_lock($1)", &[&key])
-        .await
-        .map_err(db_err)?;
-    let outcome = build_locked(inner, bp, hash, &name).await;
-    let _ = lock.execute("SELECT pg_advisory_unlock($1)", &[&key]).await;
-    outcome
-}
-
-async fn build_locked(
-    inner: &Inner,
-    bp: &Blueprint,
-    hash: &str,
-    name: &str,
-) -> Result<TemplateInfo, BackendError> {
-    if let Some(t) = existing(inner, name).await? {
+    let building = names::build(bp, hash);
+    let _lock = AdvisoryLock::acquire(inner, BUILD_LOCK, &building).await?;
+    if let Some(t) = existing(inner, &name).await? {
         return Ok(t);
     }
+    let _slot = inner.queue.admit(deadline).await?;
     let started = std::time::Instant::now();
-    match build(inner, bp, hash, name).await {
+    match build(inner, bp, hash, &building, &name).await {
         Ok(t) => {
             tracing::info!(blueprint = %bp.name, template = %name, ms = started.elapsed().as_millis() as u64, "template built");
             Ok(t)
         }
         Err(e) => {
             // A failed build leaves nothing.
-            let conn = inner.admin().await?;
-            conn.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                quote(name)
-            ))
-            .await
-            .map_err(db_err)?;
+            super::teardown::drop_database(inner, &building).await?;
             Err(e)
         }
     }
-}
-
-fn lock_key(name: &str) -> i64 {
-    crate::advisory_key("template", name)
 }
 
 fn blueprint_error(bp: &Blueprint, e: ScriptError) -> BackendError {
@@ -228,15 +239,22 @@ async fn build(
     bp: &Blueprint,
     hash: &str,
     name: &str,
+    final_name: &str,
 ) -> Result<TemplateInfo, BackendError> {
     let admin = inner.admin().await?;
     let builder = quote(BUILDER_ROLE);
+    // Every replica derives the same password, so any verifier set here lets each log in.
+    let verifier =
+        postgres_protocol::password::scram_sha_256(inner.builder_password.expose().as_bytes());
     admin
         .batch_execute(&format!(
             "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {lit}) THEN \
              CREATE ROLE {builder} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS; \
-             COMMENT ON ROLE {builder} IS 'previewdb: owns template objects'; END IF; END $$",
-            lit = escape_literal(BUILDER_ROLE)
+             COMMENT ON ROLE {builder} IS 'previewdb: owns template objects'; END IF; END $$; \
+             ALTER ROLE {builder} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS \
+             PASSWORD {verifier}",
+            lit = escape_literal(BUILDER_ROLE),
+            verifier = escape_literal(&verifier)
         ))
         .await
         .map_err(db_err)?;
@@ -269,7 +287,7 @@ async fn build(
             "REVOKE ALL ON DATABASE {n} FROM PUBLIC; GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {n} TO {builder}; \
              COMMENT ON DATABASE {n} IS {m};",
             n = quote(name),
-            m = escape_literal(&format!("{BUILDING_MARK}{}:{hash}", bp.name))
+            m = escape_literal(&format!("previewdb:building={}:{hash}", bp.name))
         ))
         .await
         .map_err(db_err)?;
@@ -295,7 +313,11 @@ async fn build(
                 })?;
         }
     }
-    let session = migrations::Session::new(&inner.db_server(name), BUILDER_ROLE);
+    let session = migrations::Session::new(
+        inner
+            .db_server(name)
+            .with_login(BUILDER_ROLE, inner.builder_password.expose()),
+    );
     let warnings = load(bp, &session).await?;
     let client = inner.connect_db(name).await?;
     client.batch_execute("ANALYZE").await.map_err(db_err)?;
@@ -318,20 +340,17 @@ async fn build(
         ))
         .await
         .map_err(db_err)?;
-    admin
-        .execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", &[&name])
-        .await
-        .map_err(db_err)?;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {n} IS_TEMPLATE true; COMMENT ON DATABASE {n} IS {m};",
-            n = quote(name),
-            m = escape_literal(&mark)
-        ))
-        .await
-        .map_err(db_err)?;
+    // Finished and renamed in one transaction: a `pdb_tpl_` database is always complete.
+    let finish = format!(
+        "BEGIN; ALTER DATABASE {n} RENAME TO {t}; ALTER DATABASE {t} IS_TEMPLATE true; \
+         COMMENT ON DATABASE {t} IS {m}; COMMIT;",
+        n = quote(name),
+        t = quote(final_name),
+        m = escape_literal(&mark)
+    );
+    super::rename_when_free(&admin, name, &finish).await?;
     Ok(TemplateInfo {
-        name: name.to_owned(),
+        name: final_name.to_owned(),
         hash: hash.to_owned(),
         warnings,
     })
@@ -380,80 +399,15 @@ pub(super) async fn load(
     Ok(warnings)
 }
 
-/// Drops templates and pooled databases of hashes not in `keep`, and leftovers of builds and
-/// pool fills that nobody is running. Only objects marked as previewdb's are considered, and
-/// those of blueprints not in `known` only when long unused: replicas may run other configs.
-pub async fn collect_garbage(
-    inner: &Inner,
-    keep: &[String],
-    known: &[String],
-) -> Result<Vec<String>, BackendError> {
-    let admin = inner.admin().await?;
-    let marked = inner.marked_databases("previewdb:").await?;
-    let stale_template = |comment: &str| {
-        comment
-            .strip_prefix(TEMPLATE_MARK)
-            .and_then(|json| serde_json::from_str::<Mark>(json).ok())
-            .map(|m| {
-                let old = m
-                    .built_at
-                    .is_none_or(|t| chrono::Utc::now() - t > FOREIGN_TEMPLATE_GRACE);
-                !keep.contains(&m.hash) && (known.contains(&m.blueprint) || old)
-            })
-    };
-    // Pool entries live as long as the template they were cloned from.
-    let surviving: Vec<String> = marked
-        .iter()
-        .filter_map(|(_, c)| {
-            let m: Mark = serde_json::from_str(c.strip_prefix(TEMPLATE_MARK)?).ok()?;
-            (stale_template(c) == Some(false)).then_some(m.hash)
-        })
-        .collect();
-    let mut dropped = vec![];
-    for (name, comment) in marked.iter() {
-        let stale = if let Some(stale) = stale_template(comment) {
-            stale
-        } else if comment.starts_with(BUILDING_MARK) {
-            // Being built right now if its build lock is held.
-            let free: bool = admin
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&lock_key(name)])
-                .await
-                .map_err(db_err)?
-                .get(0);
-            if free {
-                let _ = admin
-                    .execute("SELECT pg_advisory_unlock($1)", &[&lock_key(name)])
-                    .await;
-            }
-            free
-        } else {
-            super::pool::is_stale(comment, &surviving)
-        };
-        if !stale {
-            continue;
-        }
-        let n = quote(name);
-        let dropped_ok = admin
-            .batch_execute(&format!("ALTER DATABASE {n} IS_TEMPLATE false"))
-            .await
-            .and(
-                admin
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {n} WITH (FORCE)"))
-                    .await,
-            );
-        match dropped_ok {
-            Ok(()) => {
-                if super::pool::is_pool_mark(comment) {
-                    let _ = admin
-                        .batch_execute(&format!("DROP ROLE IF EXISTS {n}"))
-                        .await;
-                }
-                dropped.push(name.clone());
-            }
-            Err(e) => {
-                tracing::warn!(database = %name, error = %e, "could not drop a stale database")
-            }
-        }
-    }
-    Ok(dropped)
+/// The blueprint and build time a template's mark records (`None` where it cannot be read).
+pub(super) fn template_mark(
+    comment: &str,
+) -> Option<(String, Option<chrono::DateTime<chrono::Utc>>)> {
+    let mark: Mark = serde_json::from_str(comment.strip_prefix(TEMPLATE_MARK)?).ok()?;
+    Some((mark.blueprint, mark.built_at))
+}
+
+/// A template of a blueprint this process does not know is collected only once this old.
+pub(super) fn foreign_template_grace() -> chrono::Duration {
+    FOREIGN_TEMPLATE_GRACE
 }
