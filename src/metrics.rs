@@ -257,13 +257,17 @@ pub async fn render(envs: &Environments) -> String {
     let metrics = envs.metrics();
     let mut scrape = Registry::with_prefix("previewdb");
 
-    let (counts, probe) = tokio::join!(envs.store().count_by_target_and_state(), async {
-        let mut probe = metrics.probe.lock().await;
-        if probe.at.is_none_or(|at| at.elapsed() >= PROBE_TTL) {
-            *probe = probe_targets(envs).await;
+    let (counts, locked, probe) = tokio::join!(
+        envs.store().count_by_target_and_state(),
+        envs.store().count_locked(),
+        async {
+            let mut probe = metrics.probe.lock().await;
+            if probe.at.is_none_or(|at| at.elapsed() >= PROBE_TTL) {
+                *probe = probe_targets(envs).await;
+            }
+            (probe.up.clone(), probe.pools.clone())
         }
-        (probe.up.clone(), probe.pools.clone())
-    });
+    );
 
     let store_up = Gauge::<i64>::default();
     scrape.register(
@@ -294,6 +298,41 @@ pub async fn render(envs: &Environments) -> String {
             }
         }
         Err(e) => tracing::warn!(error = %e, "metrics: control store did not answer"),
+    }
+
+    let locked_gauge = Family::<TargetLabels, Gauge>::default();
+    scrape.register(
+        "environments_locked",
+        "Ready environments whose logins are refused because they are over their size quota",
+        locked_gauge.clone(),
+    );
+    if let Ok(rows) = locked {
+        let mut by: BTreeMap<String, i64> = envs.targets().map(|t| (t.name.clone(), 0)).collect();
+        by.extend(rows);
+        for (target, n) in by {
+            locked_gauge.get_or_create(&TargetLabels { target }).set(n);
+        }
+    }
+    let queued = Family::<TargetLabels, Gauge>::default();
+    scrape.register(
+        "provision_queue_waiting",
+        "Requests waiting for a place in the target's queue of heavy work",
+        queued.clone(),
+    );
+    let running = Family::<TargetLabels, Gauge>::default();
+    scrape.register(
+        "provision_queue_running",
+        "Heavy work (cold clones, builds, migrations, resets, refills) running on the target",
+        running.clone(),
+    );
+    for t in envs.targets() {
+        if let Some(q) = &t.queue {
+            let labels = TargetLabels {
+                target: t.name.clone(),
+            };
+            queued.get_or_create(&labels).set(q.queued() as i64);
+            running.get_or_create(&labels).set(q.running() as i64);
+        }
     }
 
     let (up, pools) = probe;

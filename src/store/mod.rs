@@ -79,29 +79,14 @@ impl Store {
         Ok(())
     }
 
-    /// Records a new environment unless its target already holds `max_live` live ones. The
-    /// count and the insert run under a per-target lock in one short transaction, so
-    /// concurrent creates cannot overshoot the limit. Answers whether it was recorded.
+    /// Records a new environment unless its target already holds `max_live` live ones.
+    /// Optimistic, so that no connection waits on a lock while others queue for the pool: the
+    /// row is inserted, then the live ones are counted (a fresh snapshot sees every committed
+    /// insert), and the row is taken back when that overshoots. Two creates racing for the
+    /// last place may both give it up; none can exceed the limit. Answers whether it was kept.
     pub async fn insert_within(&self, r: &EnvRecord, max_live: u32) -> Result<bool> {
-        let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1)",
-            &[&advisory_key("capacity", &r.target)],
-        )
-        .await?;
-        let live: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM environments WHERE target = $1 \
-                 AND state IN ('provisioning', 'ready', 'deleting')",
-                &[&r.target],
-            )
-            .await?
-            .get(0);
-        if live >= i64::from(max_live) {
-            return Ok(false);
-        }
-        tx.execute(
+        let conn = self.pool.get().await?;
+        conn.execute(
             "INSERT INTO environments (id, key, target, isolation, blueprint, blueprint_hash, \
              settings_digest, state, resources, labels, created_at, updated_at, expires_at, teardown_pending) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, true)",
@@ -121,7 +106,20 @@ impl Store {
             ],
         )
         .await?;
-        tx.commit().await?;
+        let live: i64 = conn
+            .query_one(
+                "SELECT count(*) FROM environments WHERE target = $1 \
+                 AND state IN ('provisioning', 'ready', 'deleting')",
+                &[&r.target],
+            )
+            .await?
+            .get(0);
+        if live > i64::from(max_live) {
+            // Nothing was made for it yet: the row goes without a trace.
+            conn.execute("DELETE FROM environments WHERE id = $1", &[&r.id])
+                .await?;
+            return Ok(false);
+        }
         Ok(true)
     }
 

@@ -2,6 +2,8 @@
 //! the application spawned per test on a random port, driven over HTTP like any caller.
 #![allow(dead_code)]
 
+pub mod serve;
+
 use previewdb::configuration::{token_digest, ApiToken, Config, Scope};
 use previewdb::dev::{self, DevOptions};
 use previewdb::embedded::EmbeddedPostgres;
