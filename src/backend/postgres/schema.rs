@@ -221,47 +221,6 @@ impl Inner {
         Ok(present as usize == extensions.len())
     }
 
-    /// NOLOGIN → end the role's sessions → drop its schema and whatever else it owns or was
-    /// granted in the shared database → drop the role. Each step is idempotent.
-    pub(super) async fn teardown_schema(
-        &self,
-        db: &PgIdent,
-        role: &PgIdent,
-    ) -> Result<(), BackendError> {
-        let conn = self.admin().await?;
-        // Not the shared database's other sessions: they are the neighbours'.
-        let role_exists = self.lock_out(&conn, role, None).await?;
-        let shared_exists = conn
-            .query_opt(
-                "SELECT 1 FROM pg_database WHERE datname = $1",
-                &[&db.as_str()],
-            )
-            .await
-            .map_err(db_err)?
-            .is_some();
-        if shared_exists {
-            let drop_owned = if role_exists {
-                format!("DROP OWNED BY {};", role.quoted())
-            } else {
-                String::new()
-            };
-            self.connect_db(db.as_str())
-                .await?
-                .batch_execute(&format!(
-                    "DROP SCHEMA IF EXISTS {} CASCADE; {drop_owned}",
-                    role.quoted()
-                ))
-                .await
-                .map_err(db_err)?;
-        }
-        if role_exists {
-            conn.batch_execute(&format!("DROP ROLE IF EXISTS {}", role.quoted()))
-                .await
-                .map_err(db_err)?;
-        }
-        Ok(())
-    }
-
     /// Back to the blueprint: the schema is dropped and made again, the role kept.
     pub(super) async fn reset_schema(
         &self,
