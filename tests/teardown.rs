@@ -543,3 +543,40 @@ async fn reset_survives_what_blocks_a_teardown() {
     assert_eq!(gone, 0, "reset kept the old table");
     p.delete_victim_and_check().await;
 }
+
+/// Reset (schema isolation) waited for ever on a prepared transaction's lock on the schema.
+#[tokio::test]
+async fn schema_reset_survives_a_prepared_transaction() {
+    let p = Pair::new("reset", Iso::Schema).await;
+    let v = login(&p.victim).await;
+    let n = login(&p.neighbour).await;
+    run(&v, "CREATE TABLE t (x int)").await;
+    run(&v, "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").await;
+    prepare(&v, &p.victim, "before_schema_reset").await;
+    let key = p.victim["key"].as_str().unwrap();
+    let (status, body) = tokio::time::timeout(
+        DELETE_WITHIN,
+        p.app.post(&format!("{}/reset", env_path(key)), json!({})),
+    )
+    .await
+    .expect("reset answers within 30 s");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v = login(&p.victim).await;
+    let gone: i64 = within(
+        "fresh schema",
+        v.query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = 't' AND relnamespace = current_schema()::regnamespace",
+            &[],
+        ),
+    )
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(gone, 0, "reset kept the old table");
+    let still: i32 = within("neighbour session", n.query_one("SELECT 4", &[]))
+        .await
+        .expect("the neighbour's open session survives")
+        .get(0);
+    assert_eq!(still, 4);
+    p.delete_victim_and_check().await;
+}

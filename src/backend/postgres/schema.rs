@@ -228,17 +228,9 @@ impl Inner {
         role: &PgIdent,
         blueprint: Option<&Blueprint>,
     ) -> Result<(), BackendError> {
-        let conn = self.admin().await?;
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE usename = $1 AND pid <> pg_backend_pid()",
-            &[&role.as_str()],
-        )
-        .await
-        .map_err(db_err)?;
-        let mark: Option<String> = self
-            .connect_db(db.as_str())
-            .await?
+        // Its prepared transactions and locks would make DROP SCHEMA wait for ever.
+        let shared = super::teardown::release_schema(self, db, role).await?;
+        let mark: Option<String> = shared
             .query_opt(
                 "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = $1",
                 &[&role.as_str()],
@@ -247,8 +239,7 @@ impl Inner {
             .map_err(db_err)?
             .and_then(|r| r.get(0));
         let mark = mark.ok_or_else(|| BackendError::failed(format!("schema {role} is missing")))?;
-        self.connect_db(db.as_str())
-            .await?
+        shared
             .batch_execute(&format!("DROP SCHEMA {} CASCADE", role.quoted()))
             .await
             .map_err(db_err)?;

@@ -108,6 +108,22 @@ pub(super) async fn lock_out(inner: &Inner, conn: &Client, role: &str) -> Result
     rollback_prepared(inner, conn, None, Some(role)).await
 }
 
+/// Ends what holds schema `role` in shared database `db` without locking the role out (for a
+/// reset): the role's sessions and prepared transactions, and others' locks on its objects.
+/// Answers a guarded session in `db` for what comes next.
+pub(super) async fn release_schema(
+    inner: &Inner,
+    db: &PgIdent,
+    role: &PgIdent,
+) -> Result<Client, BackendError> {
+    let conn = inner.connect_guarded(None).await?;
+    terminate(&conn, "usename = $1", role.as_str()).await?;
+    rollback_prepared(inner, &conn, None, Some(role.as_str())).await?;
+    let shared = inner.connect_guarded(Some(db.as_str())).await?;
+    end_lock_holders(&shared, role.as_str()).await?;
+    Ok(shared)
+}
+
 /// Drops database `name` whatever its owner did to it; nothing when it does not exist.
 ///
 /// Callers lock its owner out first: this closes the database to everyone else, ends its
