@@ -580,3 +580,75 @@ async fn schema_reset_survives_a_prepared_transaction() {
     assert_eq!(still, 4);
     p.delete_victim_and_check().await;
 }
+
+/// The one blocker left: with a second database to stand in (a neighbour let it in), a tenant
+/// can close its own database to connections and keep a prepared transaction in it that holds
+/// the database's catalog row. PostgreSQL then lets nobody into the database to roll it back,
+/// nor change the row to reopen it, nor drop it. The teardown must say so within its timeouts,
+/// having locked the role out, and leave the record `deleting` for a retry.
+#[tokio::test]
+async fn an_unrecoverable_database_fails_clearly_in_time_with_the_role_locked_out() {
+    let p = Pair::new("stuck", Iso::Database).await;
+    let (victim, db) = (p.victim_role(), database(&p.victim));
+    let v = login(&p.victim).await;
+    let n = login(&p.neighbour).await;
+    run(
+        &n,
+        &format!(
+            "GRANT CONNECT ON DATABASE {} TO {victim}",
+            database(&p.neighbour)
+        ),
+    )
+    .await;
+    let there = within(
+        "victim in the neighbour's database",
+        connect(&uri_for_database(&p.victim, &database(&p.neighbour))),
+    )
+    .await
+    .expect("the neighbour let the victim in");
+    run(
+        &there,
+        &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"),
+    )
+    .await;
+    run(
+        &v,
+        &format!("BEGIN; ALTER DATABASE {db} CONNECTION LIMIT 7"),
+    )
+    .await;
+    prepare(&v, &p.victim, "holds_closed_db").await;
+
+    let key = p.victim["key"].as_str().unwrap();
+    let (status, body) = tokio::time::timeout(DELETE_WITHIN, p.app.delete(&env_path(key)))
+        .await
+        .expect("DELETE answers within 30 s");
+    assert!(status.is_server_error(), "{status} {body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("prepared transaction") && detail.contains(&db),
+        "{body}"
+    );
+    let (_, record) = p.app.get(&env_path(key)).await;
+    assert_eq!(record["state"], "deleting", "{record}");
+    let admin = p.app.admin("postgres").await;
+    let can_login: bool = within(
+        "rolcanlogin",
+        admin.query_one(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
+            &[&victim],
+        ),
+    )
+    .await
+    .unwrap()
+    .get(0);
+    assert!(!can_login, "the role may still log in");
+    assert!(
+        within(
+            "victim login",
+            connect(&uri_for_database(&p.victim, &database(&p.neighbour)))
+        )
+        .await
+        .is_err(),
+        "the victim still logs in"
+    );
+}

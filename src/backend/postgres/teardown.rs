@@ -99,7 +99,10 @@ pub(super) async fn lock_out(inner: &Inner, conn: &Client, role: &str) -> Result
     if !role_exists(conn, role).await? {
         return Ok(());
     }
-    rollback_prepared(inner, conn, None, Some(role)).await?;
+    // Best effort: what fails here fails again below, after the role can no longer log in.
+    if let Err(e) = rollback_prepared(inner, conn, None, Some(role)).await {
+        tracing::warn!(role = %role, error = %e, "prepared transactions not rolled back yet");
+    }
     conn.batch_execute(&format!("ALTER ROLE {} NOLOGIN", quote(role)))
         .await
         .map_err(|e| step(&format!("lock role {role} out"), e))?;
@@ -299,8 +302,17 @@ async fn rollback_prepared(
             ))
             .await
             .map_err(|e| {
+                let why = if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                {
+                    " (the transaction itself holds the database's catalog row; only a session \
+                     in the database can end it, e.g. the server in single-user mode)"
+                } else {
+                    ""
+                };
                 step(
-                    &format!("open database {database} to roll back prepared transaction {gid:?}"),
+                    &format!(
+                        "open database {database} to roll back prepared transaction {gid:?}{why}"
+                    ),
                     e,
                 )
             })?;
