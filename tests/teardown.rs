@@ -360,7 +360,17 @@ async fn objects_a_tenant_made_in_another_database_are_dropped() {
          SELECT lo_create(0); CREATE PUBLICATION victim_pub FOR TABLE public.left_behind;",
     )
     .await;
+    run(
+        &there,
+        &format!(
+            "GRANT USAGE ON SCHEMA squat TO {n}; GRANT SELECT ON squat.t TO {n}",
+            n = user(&p.neighbour)
+        ),
+    )
+    .await;
     drop(there);
+    // The neighbour builds on the victim's table: that must not keep it alive.
+    run(&n, "CREATE VIEW on_victims AS SELECT * FROM squat.t").await;
     p.delete_victim_and_check().await;
     let n = login(&p.neighbour).await;
     let left: i64 = within(
@@ -475,6 +485,20 @@ async fn locks_in_open_transactions(iso: Iso) {
         )
         .await;
         run(&holder, "BEGIN; SELECT * FROM t").await;
+        // A neighbour let create in the schema, mid-transaction, prepared: it holds a lock on
+        // the schema itself.
+        run(
+            &v,
+            &format!("GRANT CREATE ON SCHEMA {victim} TO {}", user(&p.neighbour)),
+        )
+        .await;
+        let squatter = login(&p.neighbour).await;
+        run(
+            &squatter,
+            &format!("BEGIN; CREATE TABLE {victim}.squat (x int)"),
+        )
+        .await;
+        prepare(&squatter, &p.victim, "neighbour_in_schema").await;
     }
     p.delete_victim_and_check().await;
     assert!(holder.is_closed() || holder.simple_query("SELECT 1").await.is_err());

@@ -243,7 +243,9 @@ async fn drop_owned_in(
         inner
             .connect_guarded(Some(db))
             .await?
-            .batch_execute(&format!("DROP OWNED BY {}", quote(role)))
+            // CASCADE: what others built there on the role's objects (a view on its table)
+            // would otherwise keep them, and the role, alive.
+            .batch_execute(&format!("DROP OWNED BY {} CASCADE", quote(role)))
             .await
             .map_err(|e| step(&format!("drop what role {role} owns or holds in {db}"), e))
     }
@@ -342,23 +344,24 @@ async fn rollback_prepared(
     Ok(())
 }
 
-/// Ends the sessions and prepared transactions of others that hold locks on objects in
-/// `schema` (the environment's own, in a shared database), which DROP SCHEMA would wait for.
+/// Ends the sessions and prepared transactions of others that hold or wait for locks on
+/// `schema` (the environment's own, in a shared database) or its relations, which DROP SCHEMA
+/// would wait for; e.g. a neighbour the tenant let create in its schema.
 async fn end_lock_holders(shared: &Client, schema: &str) -> Result<(), BackendError> {
     let holders = shared
         .query(
-            "WITH ours AS ( \
-               SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-               WHERE n.nspname = $1) \
-             SELECT l.pid, (SELECT p.gid FROM pg_locks t JOIN pg_prepared_xacts p \
+            "WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = $1) \
+             SELECT DISTINCT l.pid, (SELECT p.gid FROM pg_locks t JOIN pg_prepared_xacts p \
                             ON p.transaction = t.transactionid \
                             WHERE t.virtualtransaction = l.virtualtransaction \
                             AND t.locktype = 'transactionid' LIMIT 1) \
              FROM pg_locks l \
-             WHERE l.locktype = 'relation' AND l.granted \
-             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-             AND l.relation IN (SELECT oid FROM ours) \
-             AND l.pid IS DISTINCT FROM pg_backend_pid()",
+             WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND l.pid IS DISTINCT FROM pg_backend_pid() \
+             AND ((l.locktype = 'relation' AND l.relation IN \
+                    (SELECT c.oid FROM pg_class c WHERE c.relnamespace IN (SELECT oid FROM ns))) \
+               OR (l.locktype = 'object' AND l.classid = 'pg_namespace'::regclass \
+                    AND l.objid IN (SELECT oid FROM ns)))",
             &[&schema],
         )
         .await
