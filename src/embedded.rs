@@ -115,6 +115,8 @@ impl EmbeddedPostgres {
             format!("unix_socket_directories={}", socket_dir.display()),
             "unix_socket_permissions=0700".into(),
             "max_connections=300".into(),
+            // Tenants may PREPARE TRANSACTION, as on many production servers: teardown must cope.
+            "max_prepared_transactions=16".into(),
             "password_encryption=scram-sha-256".into(),
             // A development and test cluster: durability is traded for speed.
             "fsync=off".into(),

@@ -206,6 +206,23 @@ impl Inner {
         self.db_server(database).connect().await.map_err(db_err)
     }
 
+    /// A dedicated admin connection for a database a tenant controls (`None`: the admin's
+    /// own): the defaults its owner set cannot act on it, and a tenant's lock fails its
+    /// statements instead of holding them (see `teardown::GUARDED_SETTINGS`).
+    async fn connect_guarded(
+        &self,
+        database: Option<&str>,
+    ) -> Result<tokio_postgres::Client, BackendError> {
+        let mut server = match database {
+            Some(db) => self.db_server(db),
+            None => self.admin_server.clone(),
+        };
+        for (name, value) in teardown::GUARDED_SETTINGS {
+            server = server.with_setting(name, value);
+        }
+        server.connect().await.map_err(db_err)
+    }
+
     fn connection(&self, env: &EnvNames, password: Secret) -> Connection {
         let (db, role) = (&env.db, &env.role);
         Connection {
@@ -402,62 +419,6 @@ impl Inner {
             .await?;
         }
         Ok(password)
-    }
-
-    /// The first steps of every teardown: the role may no longer log in, and its sessions (and
-    /// any on `database`) are ended. Answers whether the role exists.
-    async fn lock_out(
-        &self,
-        conn: &tokio_postgres::Client,
-        role: &PgIdent,
-        database: Option<&PgIdent>,
-    ) -> Result<bool, BackendError> {
-        let role_exists = conn
-            .query_opt(
-                "SELECT 1 FROM pg_roles WHERE rolname = $1",
-                &[&role.as_str()],
-            )
-            .await
-            .map_err(db_err)?
-            .is_some();
-        if role_exists {
-            conn.batch_execute(&format!("ALTER ROLE {} NOLOGIN", role.quoted()))
-                .await
-                .map_err(db_err)?;
-        }
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE (usename = $1 OR datname = $2) AND pid <> pg_backend_pid()",
-            &[&role.as_str(), &database.map(PgIdent::as_str)],
-        )
-        .await
-        .map_err(db_err)?;
-        Ok(role_exists)
-    }
-
-    /// Tears down whichever kind the environment is.
-    async fn remove(&self, env: &EnvNames) -> Result<(), BackendError> {
-        match env.in_schema {
-            true => self.teardown_schema(&env.db, &env.role).await,
-            false => self.teardown(&env.db, &env.role).await,
-        }
-    }
-
-    async fn teardown(&self, db: &PgIdent, role: &PgIdent) -> Result<(), BackendError> {
-        let conn = self.admin().await?;
-        let role_exists = self.lock_out(&conn, role, Some(db)).await?;
-        conn.batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            db.quoted()
-        ))
-        .await
-        .map_err(db_err)?;
-        if role_exists {
-            conn.batch_execute(&format!("DROP ROLE IF EXISTS {}", role.quoted()))
-                .await
-                .map_err(db_err)?;
-        }
-        Ok(())
     }
 }
 

@@ -238,47 +238,6 @@ impl Inner {
         Ok(present as usize == extensions.len())
     }
 
-    /// NOLOGIN → end the role's sessions → drop its schema and whatever else it owns or was
-    /// granted in the shared database → drop the role. Each step is idempotent.
-    pub(super) async fn teardown_schema(
-        &self,
-        db: &PgIdent,
-        role: &PgIdent,
-    ) -> Result<(), BackendError> {
-        let conn = self.admin().await?;
-        // Not the shared database's other sessions: they are the neighbours'.
-        let role_exists = self.lock_out(&conn, role, None).await?;
-        let shared_exists = conn
-            .query_opt(
-                "SELECT 1 FROM pg_database WHERE datname = $1",
-                &[&db.as_str()],
-            )
-            .await
-            .map_err(db_err)?
-            .is_some();
-        if shared_exists {
-            let drop_owned = if role_exists {
-                format!("DROP OWNED BY {};", role.quoted())
-            } else {
-                String::new()
-            };
-            self.connect_db(db.as_str())
-                .await?
-                .batch_execute(&format!(
-                    "DROP SCHEMA IF EXISTS {} CASCADE; {drop_owned}",
-                    role.quoted()
-                ))
-                .await
-                .map_err(db_err)?;
-        }
-        if role_exists {
-            conn.batch_execute(&format!("DROP ROLE IF EXISTS {}", role.quoted()))
-                .await
-                .map_err(db_err)?;
-        }
-        Ok(())
-    }
-
     /// Back to the blueprint: the schema is dropped and made again, the role kept.
     pub(super) async fn reset_schema(
         &self,
@@ -288,17 +247,9 @@ impl Inner {
         password: &Secret,
         deadline: &Deadline,
     ) -> Result<(), BackendError> {
-        let conn = self.admin().await?;
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE usename = $1 AND pid <> pg_backend_pid()",
-            &[&role.as_str()],
-        )
-        .await
-        .map_err(db_err)?;
-        let mark: Option<Option<String>> = self
-            .connect_db(db.as_str())
-            .await?
+        // Its prepared transactions and locks would make DROP SCHEMA wait for ever.
+        let shared = super::teardown::release_schema(self, db, role).await?;
+        let mark: Option<Option<String>> = shared
             .query_opt(
                 "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = $1",
                 &[&role.as_str()],
@@ -311,8 +262,7 @@ impl Inner {
         let mark = mark
             .filter(|m| m.starts_with(MARK_PREFIX) && m.len() <= 64)
             .unwrap_or_else(|| MARK_PREFIX.trim_end_matches('=').to_owned());
-        self.connect_db(db.as_str())
-            .await?
+        shared
             .batch_execute(&format!("DROP SCHEMA {} CASCADE", role.quoted()))
             .await
             .map_err(db_err)?;

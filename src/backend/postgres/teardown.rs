@@ -1,35 +1,433 @@
-//! Dropping what previewdb made, idempotently (interim: see the teardown branch).
+//! A teardown that nothing a tenant does can block.
+//!
+//! A tenant owns its database (or schema) and its role, and may use that to get in the way:
+//! mark its database a template, refuse connections, leave prepared transactions (which outlive
+//! every session and hold their locks), set defaults that hijack or cripple admin sessions in
+//! its database (`role`, `search_path`, `default_transaction_read_only`, `statement_timeout`,
+//! `idle_session_timeout`, `local_preload_libraries`), hold locks in an open transaction, or be
+//! granted things by another environment (which makes `DROP ROLE` refuse). Each step here undoes
+//! one of those, and every statement runs in a guarded session (see `Inner::connect_guarded`)
+//! whose lock and statement timeouts turn "wait forever" into an error: the record then stays
+//! `deleting` and the teardown is retried, each step being idempotent.
+//!
+//! Only what is the environment's own is touched: its role's sessions and prepared
+//! transactions, its databases, its schema, what its role owns or was granted. The one
+//! exception is a session or prepared transaction that holds a lock on an object inside the
+//! environment's schema: it is ended, since the object goes away in any case.
 
-use super::{db_err, quote, Inner};
+use super::{db_err, quote, EnvNames, Inner};
 use crate::backend::BackendError;
+use crate::domain::PgIdent;
+use postgres_protocol::escape::escape_literal;
+use tokio_postgres::Client;
 
-pub(super) async fn drop_database(inner: &Inner, name: &str) -> Result<(), BackendError> {
-    let admin = inner.admin().await?;
-    let exists = admin
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await
-        .map_err(db_err)?
-        .is_some();
-    if !exists {
-        return Ok(());
+/// Settings every guarded admin session starts with; startup options outrank the defaults a
+/// database owner may set with `ALTER DATABASE … SET`.
+pub(super) const GUARDED_SETTINGS: &[(&str, &str)] = &[
+    // Else a tenant's `ALTER DATABASE own SET role = own` makes our session act as the tenant.
+    ("role", "none"),
+    // Else a tenant's schema listed first shadows catalog views and functions we call.
+    ("search_path", "pg_catalog,pg_temp"),
+    ("default_transaction_read_only", "off"),
+    // A library named here that does not exist makes every login to the database fail.
+    ("local_preload_libraries", ""),
+    ("idle_session_timeout", "0"),
+    ("idle_in_transaction_session_timeout", "0"),
+    // A tenant's lock makes the statement fail, not wait: the teardown is retried later.
+    ("lock_timeout", "5s"),
+    // DROP DATABASE waits for a checkpoint, which can take a while on a busy server.
+    ("statement_timeout", "60s"),
+];
+
+/// How long `pg_terminate_backend` waits for a session to be gone, in milliseconds: the
+/// session's locks are released only when it has exited.
+const TERMINATE_WAIT_MS: i64 = 5000;
+
+impl Inner {
+    /// Tears down whichever kind the environment is.
+    pub(super) async fn remove(&self, env: &EnvNames) -> Result<(), BackendError> {
+        match env.in_schema {
+            true => self.teardown_schema(&env.db, &env.role).await,
+            false => self.teardown(&env.db, &env.role).await,
+        }
     }
-    admin
-        .batch_execute(&format!("ALTER DATABASE {} IS_TEMPLATE false", quote(name)))
-        .await
-        .map_err(db_err)?;
-    admin
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote(name)
-        ))
-        .await
-        .map_err(db_err)
+
+    /// Lock-out, the environment's database, whatever else its role owns, the role.
+    pub(super) async fn teardown(&self, db: &PgIdent, role: &PgIdent) -> Result<(), BackendError> {
+        let conn = self.connect_guarded(None).await?;
+        lock_out(self, &conn, role.as_str()).await?;
+        drop(conn);
+        drop_database(self, db.as_str()).await?;
+        drop_role(self, role.as_str()).await
+    }
+
+    /// Lock-out, the schema and what the role owns in the shared database, the role. The
+    /// shared database's other sessions are the neighbours' and are left alone.
+    pub(super) async fn teardown_schema(
+        &self,
+        db: &PgIdent,
+        role: &PgIdent,
+    ) -> Result<(), BackendError> {
+        let conn = self.connect_guarded(None).await?;
+        lock_out(self, &conn, role.as_str()).await?;
+        let shared_exists = conn
+            .query_opt(
+                "SELECT 1 FROM pg_database WHERE datname = $1",
+                &[&db.as_str()],
+            )
+            .await
+            .map_err(|e| step("look up the shared database", e))?
+            .is_some();
+        drop(conn);
+        if shared_exists {
+            let shared = self.connect_guarded(Some(db.as_str())).await?;
+            end_lock_holders(&shared, role.as_str()).await?;
+            shared
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", role.quoted()))
+                .await
+                .map_err(|e| step(&format!("drop schema {role} in {db}"), e))?;
+        }
+        // Also drops the role's large objects, publications and grants in the shared database.
+        drop_role(self, role.as_str()).await
+    }
 }
 
-pub(super) async fn drop_role(inner: &Inner, name: &str) -> Result<(), BackendError> {
-    let admin = inner.admin().await?;
-    admin
-        .batch_execute(&format!("DROP ROLE IF EXISTS {}", quote(name)))
+/// The first steps of every teardown: the role's prepared transactions are rolled back (one
+/// that ran `ALTER ROLE` holds the row every later step must change), it may no longer log in,
+/// and its sessions are ended. Does nothing when the role is gone.
+pub(super) async fn lock_out(inner: &Inner, conn: &Client, role: &str) -> Result<(), BackendError> {
+    if !role_exists(conn, role).await? {
+        return Ok(());
+    }
+    // Best effort: what fails here fails again below, after the role can no longer log in.
+    if let Err(e) = rollback_prepared(inner, conn, None, Some(role)).await {
+        tracing::warn!(role = %role, error = %e, "prepared transactions not rolled back yet");
+    }
+    conn.batch_execute(&format!("ALTER ROLE {} NOLOGIN", quote(role)))
         .await
-        .map_err(db_err)
+        .map_err(|e| step(&format!("lock role {role} out"), e))?;
+    terminate(conn, "usename = $1", role).await?;
+    // A session may have prepared a transaction before it was ended.
+    rollback_prepared(inner, conn, None, Some(role)).await
+}
+
+/// Ends what holds schema `role` in shared database `db` without locking the role out (for a
+/// reset): the role's sessions and prepared transactions, and others' locks on its objects.
+/// Answers a guarded session in `db` for what comes next.
+pub(super) async fn release_schema(
+    inner: &Inner,
+    db: &PgIdent,
+    role: &PgIdent,
+) -> Result<Client, BackendError> {
+    let conn = inner.connect_guarded(None).await?;
+    terminate(&conn, "usename = $1", role.as_str()).await?;
+    rollback_prepared(inner, &conn, None, Some(role.as_str())).await?;
+    let shared = inner.connect_guarded(Some(db.as_str())).await?;
+    end_lock_holders(&shared, role.as_str()).await?;
+    Ok(shared)
+}
+
+/// Drops database `name` whatever its owner did to it; nothing when it does not exist.
+///
+/// Callers lock its owner out first: this closes the database to everyone else, ends its
+/// sessions and prepared transactions, and undoes `IS_TEMPLATE` and the database's settings.
+pub(super) async fn drop_database(inner: &Inner, name: &str) -> Result<(), BackendError> {
+    let conn = inner.connect_guarded(None).await?;
+    if !database_exists(&conn, name).await? {
+        return Ok(());
+    }
+    let grantees = conn
+        .query(
+            "SELECT DISTINCT (SELECT rolname FROM pg_roles r WHERE r.oid = a.grantee) \
+             FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| step(&format!("read the privileges on database {name}"), e))?;
+    let d = quote(name);
+    // Whoever the owner let in (another environment's role, PUBLIC) could otherwise connect
+    // again between the sessions' end and the drop, and prepare a transaction there.
+    for g in grantees {
+        let grantee = g
+            .get::<_, Option<String>>(0)
+            .map_or("PUBLIC".into(), |r| quote(&r));
+        conn.batch_execute(&format!("REVOKE ALL ON DATABASE {d} FROM {grantee}"))
+            .await
+            .map_err(|e| step(&format!("close database {name}"), e))?;
+    }
+    terminate(&conn, "datname = $1", name).await?;
+    rollback_prepared(inner, &conn, Some(name), None).await?;
+    // The flags first: a template cannot be dropped, and RESET ALL is only about later admin
+    // sessions in it (the guarded settings override them in any case).
+    conn.batch_execute(&format!(
+        "ALTER DATABASE {d} IS_TEMPLATE false; ALTER DATABASE {d} CONNECTION LIMIT -1; \
+         ALTER DATABASE {d} RESET ALL;"
+    ))
+    .await
+    .map_err(|e| step(&format!("undo the owner's changes to database {name}"), e))?;
+    conn.batch_execute(&format!("DROP DATABASE IF EXISTS {d} WITH (FORCE)"))
+        .await
+        .map_err(|e| step(&format!("drop database {name}"), e))
+}
+
+/// Drops role `name` and everything it owns or was granted anywhere on the cluster; nothing
+/// when it does not exist.
+///
+/// Databases it owns go under any name (found by owner, not by the recorded name); in every
+/// database where `pg_shdepend` shows it owns objects or holds privileges (grants another
+/// environment made it included), `DROP OWNED BY` runs; memberships go with the role.
+pub(super) async fn drop_role(inner: &Inner, name: &str) -> Result<(), BackendError> {
+    let conn = inner.connect_guarded(None).await?;
+    if !role_exists(&conn, name).await? {
+        return Ok(());
+    }
+    lock_out(inner, &conn, name).await?;
+    let owned = conn
+        .query(
+            "SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = $1)",
+            &[&name],
+        )
+        .await
+        .map_err(|e| step(&format!("find the databases role {name} owns"), e))?;
+    for row in owned {
+        drop_database(inner, row.get::<_, &str>(0)).await?;
+    }
+    // Privileges on shared objects (dbid 0) are revoked by DROP OWNED in any database: the
+    // admin's own is among those it runs in.
+    let admin_db: Option<String> = conn
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(|e| step("read the admin database", e))?
+        .get(0);
+    let rows = conn
+        .query(
+            "SELECT DISTINCT d.datname, d.datallowconn FROM pg_shdepend s \
+             JOIN pg_database d ON d.oid = s.dbid \
+             WHERE s.refclassid = 'pg_authid'::regclass \
+             AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1)",
+            &[&name],
+        )
+        .await
+        .map_err(|e| step(&format!("find where role {name} is depended on"), e))?;
+    let mut databases: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    if let Some(db) = admin_db {
+        if !databases.iter().any(|(d, _)| *d == db) {
+            databases.push((db, true));
+        }
+    }
+    for (db, allows) in databases {
+        drop_owned_in(inner, &conn, name, &db, allows).await?;
+    }
+    conn.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote(name)))
+        .await
+        .map_err(|e| step(&format!("drop role {name}"), e))
+}
+
+/// `DROP OWNED BY role` in `db`. A database that refuses connections (its owner, another
+/// environment, may have done that to keep the grants it made alive) is opened for the time
+/// it takes and closed again.
+async fn drop_owned_in(
+    inner: &Inner,
+    conn: &Client,
+    role: &str,
+    db: &str,
+    allows_connections: bool,
+) -> Result<(), BackendError> {
+    let toggle = |allow: bool| format!("ALTER DATABASE {} ALLOW_CONNECTIONS {allow}", quote(db));
+    if !allows_connections {
+        conn.batch_execute(&toggle(true))
+            .await
+            .map_err(|e| step(&format!("open database {db} to drop what {role} holds"), e))?;
+    }
+    let outcome = async {
+        inner
+            .connect_guarded(Some(db))
+            .await?
+            // CASCADE: what others built there on the role's objects (a view on its table)
+            // would otherwise keep them, and the role, alive.
+            .batch_execute(&format!("DROP OWNED BY {} CASCADE", quote(role)))
+            .await
+            .map_err(|e| step(&format!("drop what role {role} owns or holds in {db}"), e))
+    }
+    .await;
+    if !allows_connections {
+        if let Err(e) = conn.batch_execute(&toggle(false)).await {
+            tracing::warn!(database = %db, error = %e, "could not close a database again");
+        }
+    }
+    outcome
+}
+
+/// Rolls back the prepared transactions made in database `db` or by role `owner`, each while
+/// connected to its own database (PostgreSQL finishes them nowhere else).
+async fn rollback_prepared(
+    inner: &Inner,
+    conn: &Client,
+    db: Option<&str>,
+    owner: Option<&str>,
+) -> Result<(), BackendError> {
+    let rows = conn
+        .query(
+            "SELECT p.database, p.gid, d.datallowconn OR pg_get_userbyid(d.datdba) = $2 \
+                    OR d.datname = $1 FROM pg_prepared_xacts p \
+             JOIN pg_database d ON d.datname = p.database \
+             WHERE p.database = $1 OR p.owner = $2 ORDER BY 1",
+            &[&db, &owner],
+        )
+        .await
+        .map_err(|e| step("list prepared transactions", e))?;
+    let mut current: Option<(String, Client)> = None;
+    for row in rows {
+        let (database, gid, reachable): (String, String, bool) =
+            (row.get(0), row.get(1), row.get(2));
+        if !reachable {
+            return Err(BackendError::failed(format!(
+                "teardown could not roll back prepared transaction {gid:?} of role {}: it sits \
+                 in database {database}, which is not the environment's and refuses connections",
+                owner.unwrap_or("?")
+            )));
+        }
+        let allows: bool = conn
+            .query_one(
+                "SELECT datallowconn FROM pg_database WHERE datname = $1",
+                &[&database],
+            )
+            .await
+            .map_err(|e| step(&format!("look up database {database}"), e))?
+            .get(0);
+        if !allows {
+            // Ours (being dropped), so ours to open. A prepared transaction that holds the
+            // database's catalog row makes this wait, then fail: the error says so.
+            conn.batch_execute(&format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+                quote(&database)
+            ))
+            .await
+            .map_err(|e| {
+                let why = if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                {
+                    " (the transaction itself holds the database's catalog row; only a session \
+                     in the database can end it, e.g. the server in single-user mode)"
+                } else {
+                    ""
+                };
+                step(
+                    &format!(
+                        "open database {database} to roll back prepared transaction {gid:?}{why}"
+                    ),
+                    e,
+                )
+            })?;
+        }
+        if current.as_ref().map(|(d, _)| d) != Some(&database) {
+            current = Some((
+                database.clone(),
+                inner.connect_guarded(Some(&database)).await?,
+            ));
+        }
+        let client = &current.as_ref().expect("just set").1;
+        match client
+            .batch_execute(&format!("ROLLBACK PREPARED {}", escape_literal(&gid)))
+            .await
+        {
+            Ok(()) => {}
+            // Finished meanwhile (by its owner, or a teardown running beside this one).
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => {}
+            Err(e) => {
+                return Err(step(
+                    &format!("roll back prepared transaction {gid:?} in {database}"),
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Ends the sessions and prepared transactions of others that hold or wait for locks on
+/// `schema` (the environment's own, in a shared database) or its relations, which DROP SCHEMA
+/// would wait for; e.g. a neighbour the tenant let create in its schema.
+async fn end_lock_holders(shared: &Client, schema: &str) -> Result<(), BackendError> {
+    let holders = shared
+        .query(
+            "WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = $1) \
+             SELECT DISTINCT l.pid, (SELECT p.gid FROM pg_locks t JOIN pg_prepared_xacts p \
+                            ON p.transaction = t.transactionid \
+                            WHERE t.virtualtransaction = l.virtualtransaction \
+                            AND t.locktype = 'transactionid' LIMIT 1) \
+             FROM pg_locks l \
+             WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND l.pid IS DISTINCT FROM pg_backend_pid() \
+             AND ((l.locktype = 'relation' AND l.relation IN \
+                    (SELECT c.oid FROM pg_class c WHERE c.relnamespace IN (SELECT oid FROM ns))) \
+               OR (l.locktype = 'object' AND l.classid = 'pg_namespace'::regclass \
+                    AND l.objid IN (SELECT oid FROM ns)))",
+            &[&schema],
+        )
+        .await
+        .map_err(|e| step(&format!("find who holds locks in schema {schema}"), e))?;
+    for row in holders {
+        let (pid, gid): (Option<i32>, Option<String>) = (row.get(0), row.get(1));
+        if let Some(pid) = pid {
+            shared
+                .execute(
+                    "SELECT pg_terminate_backend($1, $2)",
+                    &[&pid, &TERMINATE_WAIT_MS],
+                )
+                .await
+                .map_err(|e| step("end a session holding a lock in the schema", e))?;
+        } else if let Some(gid) = gid {
+            match shared
+                .batch_execute(&format!("ROLLBACK PREPARED {}", escape_literal(&gid)))
+                .await
+            {
+                Err(e) if e.code() != Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => {
+                    return Err(step(&format!("roll back prepared transaction {gid:?}"), e))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Ends the sessions matching `filter` (on `pg_stat_activity`, `$1` bound to `value`) and waits
+/// until they are gone.
+async fn terminate(conn: &Client, filter: &str, value: &str) -> Result<(), BackendError> {
+    conn.execute(
+        &format!(
+            "SELECT pg_terminate_backend(pid, $2) FROM pg_stat_activity \
+             WHERE {filter} AND pid <> pg_backend_pid()"
+        ),
+        &[&value, &TERMINATE_WAIT_MS],
+    )
+    .await
+    .map_err(|e| step(&format!("end the sessions of {value}"), e))?;
+    Ok(())
+}
+
+async fn role_exists(conn: &Client, role: &str) -> Result<bool, BackendError> {
+    Ok(conn
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+        .await
+        .map_err(|e| step(&format!("look up role {role}"), e))?
+        .is_some())
+}
+
+async fn database_exists(conn: &Client, name: &str) -> Result<bool, BackendError> {
+    Ok(conn
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .map_err(|e| step(&format!("look up database {name}"), e))?
+        .is_some())
+}
+
+/// The server's error, prefixed with the teardown step it stopped.
+fn step(what: &str, e: tokio_postgres::Error) -> BackendError {
+    match db_err(e) {
+        BackendError::Failed { message } => {
+            BackendError::failed(format!("teardown could not {what}: {message}"))
+        }
+        other => other,
+    }
 }
