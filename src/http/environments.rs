@@ -240,6 +240,9 @@ pub async fn get(
     ApiQuery(q): ApiQuery<GetQuery>,
 ) -> Result<Json<EnvView>, ApiError> {
     caller.require(Scope::Read)?;
+    if q.reveal {
+        caller.require(Scope::Reveal)?;
+    }
     Ok(Json(state.envs.get(&reference, q.reveal).await?.into()))
 }
 
