@@ -1,7 +1,7 @@
 //! `/v1/environments`: thin handlers that parse, authorise and delegate to `Environments`.
 
 use super::auth::Caller;
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
+use super::{paging, ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::blueprint::SourceFile;
 use crate::configuration::Scope;
 use crate::domain::{EnvKey, Isolation, Labels, Ttl};
@@ -186,11 +186,16 @@ pub struct ListQuery {
     label: Option<String>,
     state: Option<String>,
     target: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
 }
 
 #[derive(Serialize)]
 pub struct ListView {
     items: Vec<EnvView>,
+    /// The cursor of the following page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
 }
 
 pub async fn list(
@@ -199,9 +204,13 @@ pub async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ListView>, ApiError> {
     caller.require(Scope::Read)?;
+    let limit = paging::parse_limit(q.limit.as_deref())?;
     let mut filter = ListFilter {
         key: q.key,
         target: q.target,
+        // One more than asked for tells whether a following page exists.
+        limit: Some(limit + 1),
+        after: q.cursor.as_deref().map(paging::decode_cursor).transpose()?,
         ..Default::default()
     };
     if let Some(s) = q.state {
@@ -217,14 +226,17 @@ pub async fn list(
             filter.labels.insert(k, v);
         }
     }
-    let items = state
-        .envs
-        .list(&filter)
-        .await?
-        .into_iter()
-        .map(EnvView::from)
-        .collect();
-    Ok(Json(ListView { items }))
+    let mut records = state.envs.list(&filter).await?;
+    let next = if records.len() as i64 > limit {
+        records.truncate(limit as usize);
+        records
+            .last()
+            .map(|r| paging::encode_cursor(r.created_at, r.id))
+    } else {
+        None
+    };
+    let items = records.into_iter().map(EnvView::from).collect();
+    Ok(Json(ListView { items, next }))
 }
 
 #[derive(Deserialize)]

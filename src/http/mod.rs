@@ -5,6 +5,7 @@ mod blueprints;
 mod environments;
 mod error;
 mod openapi;
+mod paging;
 mod storable;
 mod system;
 
