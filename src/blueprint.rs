@@ -1,7 +1,7 @@
 //! Blueprints: what a new environment starts as — a schema dump, ordered migrations and seed
 //! fixtures — read from disk once at start-up and content-addressed by a hash of every input.
 
-use crate::domain::PgIdent;
+use crate::domain::{ExtensionName, PgIdent};
 use anyhow::{anyhow, bail, Context};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -71,7 +71,7 @@ pub struct Blueprint {
     pub format: MigrationFormat,
     pub migrations: Vec<SourceFile>,
     pub seeds: Vec<SourceFile>,
-    pub extensions: Vec<PgIdent>,
+    pub extensions: Vec<ExtensionName>,
     pub pool_size: u32,
     /// Overrides the target's size quota for environments of this blueprint.
     pub max_environment_bytes: Option<u64>,
@@ -130,10 +130,7 @@ impl Blueprint {
         let extensions = raw
             .extensions
             .iter()
-            .map(|e| {
-                PgIdent::parse(e)
-                    .map_err(|_| anyhow!("{at}.extensions: {e:?} is not an extension name"))
-            })
+            .map(|e| ExtensionName::parse(e).map_err(|e| anyhow!("{at}.extensions: {}", e.reason)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut bp = Blueprint {
             name: PgIdent::parse(name).map_err(|e| anyhow!("{at}: {e}"))?,
@@ -171,7 +168,7 @@ impl Blueprint {
             field("seed-name", s.name.as_bytes());
             field("seed", s.text.as_bytes());
         }
-        let mut ext: Vec<&str> = self.extensions.iter().map(PgIdent::as_str).collect();
+        let mut ext: Vec<&str> = self.extensions.iter().map(ExtensionName::as_str).collect();
         ext.sort();
         field("extensions", ext.join(",").as_bytes());
         h.finalize().into()

@@ -39,6 +39,8 @@ struct RawToken {
     name: String,
     sha256: String,
     scopes: Vec<String>,
+    /// `false` withholds `environments:reveal` from a token with `environments:write`/`admin`.
+    reveal: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,10 +112,20 @@ pub enum Scope {
     Delete,
     #[serde(rename = "admin")]
     Admin,
+    /// Reading passwords back (`?reveal=true`). Not implied by `admin`: a token holds it when
+    /// listed, or by [`Scope::with_reveal_default`].
+    #[serde(rename = "environments:reveal")]
+    Reveal,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [Scope::Read, Scope::Write, Scope::Delete, Scope::Admin];
+    pub const ALL: [Scope; 5] = [
+        Scope::Read,
+        Scope::Write,
+        Scope::Delete,
+        Scope::Admin,
+        Scope::Reveal,
+    ];
 
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|sc| sc.as_str() == s)
@@ -125,7 +137,31 @@ impl Scope {
             Scope::Write => "environments:write",
             Scope::Delete => "environments:delete",
             Scope::Admin => "admin",
+            Scope::Reveal => "environments:reveal",
         }
+    }
+
+    /// A token that may write (or is `admin`) may also reveal, unless `reveal = false` says
+    /// otherwise: whoever can create an environment gets its password in the answer anyway.
+    pub fn with_reveal_default(
+        mut scopes: Vec<Scope>,
+        reveal: Option<bool>,
+    ) -> Result<Vec<Scope>, String> {
+        let listed = scopes.contains(&Scope::Reveal);
+        let writes = scopes.contains(&Scope::Write) || scopes.contains(&Scope::Admin);
+        match reveal {
+            Some(false) if listed => {
+                return Err("reveal = false contradicts the scope environments:reveal".into())
+            }
+            Some(false) => {}
+            Some(true) | None if writes && !listed => scopes.push(Scope::Reveal),
+            Some(true) if !listed => {
+                return Err("reveal = true needs environments:write or admin;                             else list the scope environments:reveal"
+                    .into())
+            }
+            _ => {}
+        }
+        Ok(scopes)
     }
 }
 
@@ -343,6 +379,8 @@ impl Config {
                 .iter()
                 .map(|s| Scope::parse(s).ok_or_else(|| anyhow!("{at}.scopes: unknown scope {s:?}")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            let scopes =
+                Scope::with_reveal_default(scopes, t.reveal).map_err(|e| anyhow!("{at}: {e}"))?;
             tokens.push(ApiToken {
                 name: t.name,
                 sha256: digest,
@@ -560,5 +598,31 @@ mod tests {
             e.contains("targets.tls.public_sslmode: sslmode \"always\""),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod reveal_tests {
+    use super::Scope::{self, *};
+
+    fn with(scopes: &[Scope], reveal: Option<bool>) -> Result<Vec<Scope>, String> {
+        Scope::with_reveal_default(scopes.to_vec(), reveal)
+    }
+
+    #[test]
+    fn writers_and_admins_reveal_unless_told_not_to() {
+        assert!(with(&[Read, Write], None).unwrap().contains(&Reveal));
+        assert!(with(&[Admin], None).unwrap().contains(&Reveal));
+        assert!(!with(&[Read, Write], Some(false)).unwrap().contains(&Reveal));
+        assert!(!with(&[Admin], Some(false)).unwrap().contains(&Reveal));
+        assert!(!with(&[Read], None).unwrap().contains(&Reveal));
+        assert!(with(&[Read, Reveal], None).unwrap().contains(&Reveal));
+        assert_eq!(with(&[Write, Reveal], None).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn contradictions_are_refused() {
+        assert!(with(&[Read, Reveal], Some(false)).is_err());
+        assert!(with(&[Read], Some(true)).is_err());
     }
 }

@@ -69,6 +69,7 @@ impl EmbeddedPostgres {
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
         let data_dir = std::fs::canonicalize(data_dir)?;
         let run_as = unprivileged_user()?;
+        let data_dir = cluster_home(&data_dir, run_as)?;
         let socket_dir = socket_dir_for(&data_dir)?;
         let pgdata = data_dir.join("pgdata");
         if let Some((uid, gid)) = run_as {
@@ -213,6 +214,8 @@ impl EmbeddedPostgres {
         &self.socket_dir
     }
 
+    /// Where the cluster and its key live: the `--data-dir` given, or the place it links to
+    /// (see [`cluster_home`]).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
@@ -283,8 +286,72 @@ fn server_command(program: &Path, run_as: Option<(u32, u32)>) -> Command {
     if let Some((uid, gid)) = run_as {
         cmd.uid(uid).gid(gid);
     }
+    // initdb resolves its own path from the working directory, which the server's user may not
+    // be allowed to enter (`previewdb dev` started as root from /root/project).
+    cmd.current_dir("/");
     cmd.env_remove("PGDATA").env("LC_ALL", "C");
     cmd
+}
+
+/// Inside `--data-dir`: the symbolic link to a cluster kept elsewhere.
+pub const CLUSTER_LINK: &str = "cluster";
+
+/// Where root keeps clusters its server user could not reach in place.
+const RELOCATED_ROOT: &str = "/var/lib/previewdb";
+
+/// Where the cluster lives. Normally `data_dir` itself; but when we are root and the server's
+/// user cannot even pass through one of `data_dir`'s parents (a project in root's 0700 home),
+/// the cluster, its socket and its key go to a directory of that user's own under
+/// `/var/lib/previewdb`, named after a hash of the data dir, and `data_dir/cluster` links to it:
+/// restarts follow the link (also after the data dir was moved), and the key stays with the
+/// cluster whose passwords it seals.
+pub fn cluster_home(data_dir: &Path, run_as: Option<(u32, u32)>) -> anyhow::Result<PathBuf> {
+    let Some((uid, gid)) = run_as else {
+        return Ok(data_dir.to_path_buf());
+    };
+    let link = data_dir.join(CLUSTER_LINK);
+    let home = if link.symlink_metadata().is_ok() {
+        std::fs::read_link(&link).with_context(|| format!("reading {}", link.display()))?
+    } else if let Some(blocked) = first_unreachable_parent(data_dir, uid, gid) {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+        let home = Path::new(RELOCATED_ROOT).join(&hex::encode(digest)[..16]);
+        let fix = format!(
+            "the PostgreSQL server runs as uid {uid}, which cannot enter {blocked}; either              `chmod o+x {blocked}` or pass a --data-dir that user can reach (e.g. under /tmp)",
+            blocked = blocked.display()
+        );
+        std::fs::create_dir_all(&home)
+            .with_context(|| format!("creating {} ({fix})", home.display()))?;
+        std::os::unix::fs::symlink(&home, &link)
+            .with_context(|| format!("linking {} ({fix})", link.display()))?;
+        home
+    } else {
+        return Ok(data_dir.to_path_buf());
+    };
+    std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
+    std::os::unix::fs::chown(&home, Some(uid), Some(gid))
+        .with_context(|| format!("handing {} to the postgres user", home.display()))?;
+    Ok(home)
+}
+
+/// The first proper ancestor of `dir` that `uid`/`gid` may not search (no `x` for it), judged
+/// from the mode bits (supplementary groups are not considered, which errs towards relocating).
+fn first_unreachable_parent(dir: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    dir.ancestors().skip(1).find_map(|p| {
+        let m = std::fs::metadata(p).ok()?;
+        let mode = m.mode();
+        let ok = if m.uid() == uid {
+            mode & 0o100 != 0
+        } else if m.gid() == gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        (!ok).then(|| p.to_path_buf())
+    })
 }
 
 /// Unix socket paths are limited to about 100 bytes; long data directories get a socket

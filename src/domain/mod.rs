@@ -1,12 +1,14 @@
 //! Caller input parsed once at the edge into types that can only hold valid values.
 
 mod env_key;
+mod extension;
 mod identifier;
 mod isolation;
 mod labels;
 mod ttl;
 
 pub use env_key::EnvKey;
+pub use extension::ExtensionName;
 pub use identifier::PgIdent;
 pub use isolation::Isolation;
 pub use labels::Labels;

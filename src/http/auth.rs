@@ -13,9 +13,11 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// `admin` holds every scope.
+    /// `admin` holds every scope but `environments:reveal`, which a token holds only when its
+    /// configuration gave it (see `Scope::with_reveal_default`).
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
-        if self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin) {
+        let by_admin = scope != Scope::Reveal && self.scopes.contains(&Scope::Admin);
+        if self.scopes.contains(&scope) || by_admin {
             return Ok(());
         }
         Err(ApiError::new(

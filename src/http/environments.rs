@@ -1,7 +1,7 @@
 //! `/v1/environments`: thin handlers that parse, authorise and delegate to `Environments`.
 
 use super::auth::Caller;
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
+use super::{paging, ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::blueprint::SourceFile;
 use crate::configuration::Scope;
 use crate::domain::{EnvKey, Isolation, Labels, Ttl};
@@ -207,11 +207,16 @@ pub struct ListQuery {
     label: Option<String>,
     state: Option<String>,
     target: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
 }
 
 #[derive(Serialize)]
 pub struct ListView {
     items: Vec<EnvView>,
+    /// The cursor of the following page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
 }
 
 pub async fn list(
@@ -220,9 +225,13 @@ pub async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ListView>, ApiError> {
     caller.require(Scope::Read)?;
+    let limit = paging::parse_limit(q.limit.as_deref())?;
     let mut filter = ListFilter {
         key: q.key,
         target: q.target,
+        // One more than asked for tells whether a following page exists.
+        limit: Some(limit + 1),
+        after: q.cursor.as_deref().map(paging::decode_cursor).transpose()?,
         ..Default::default()
     };
     if let Some(s) = q.state {
@@ -238,14 +247,17 @@ pub async fn list(
             filter.labels.insert(k, v);
         }
     }
-    let items = state
-        .envs
-        .list(&filter)
-        .await?
-        .into_iter()
-        .map(EnvView::from)
-        .collect();
-    Ok(Json(ListView { items }))
+    let mut records = state.envs.list(&filter).await?;
+    let next = if records.len() as i64 > limit {
+        records.truncate(limit as usize);
+        records
+            .last()
+            .map(|r| paging::encode_cursor(r.created_at, r.id))
+    } else {
+        None
+    };
+    let items = records.into_iter().map(EnvView::from).collect();
+    Ok(Json(ListView { items, next }))
 }
 
 #[derive(Deserialize)]
@@ -261,6 +273,9 @@ pub async fn get(
     ApiQuery(q): ApiQuery<GetQuery>,
 ) -> Result<Json<EnvView>, ApiError> {
     caller.require(Scope::Read)?;
+    if q.reveal {
+        caller.require(Scope::Reveal)?;
+    }
     Ok(Json(state.envs.get(&reference, q.reveal).await?.into()))
 }
 

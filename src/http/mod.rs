@@ -5,6 +5,8 @@ mod blueprints;
 mod environments;
 mod error;
 mod openapi;
+mod paging;
+mod storable;
 mod system;
 
 pub use error::ApiError;
@@ -31,7 +33,8 @@ pub struct AppState {
     pub tokens: Arc<Vec<ApiToken>>,
 }
 
-/// `axum::extract::Query` whose rejections are problem+json (code `invalid_query`).
+/// `axum::extract::Query` whose rejections are problem+json (code `invalid_query`); a value
+/// PostgreSQL cannot store is `invalid_input`.
 pub struct ApiQuery<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for ApiQuery<T>
@@ -42,6 +45,13 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::new(r.status(), "invalid_query", r.body_text()))?;
+        storable::check_params(
+            "query parameter",
+            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )?;
         let Query(v) = Query::<T>::from_request_parts(parts, state)
             .await
             .map_err(|r| ApiError::new(r.status(), "invalid_query", r.body_text()))?;
@@ -50,7 +60,7 @@ where
 }
 
 /// `axum::extract::Path` whose rejections (e.g. bad percent-encoding) are problem+json (code
-/// `invalid_path`).
+/// `invalid_path`); a value PostgreSQL cannot store is `invalid_input`.
 pub struct ApiPath<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for ApiPath<T>
@@ -64,22 +74,40 @@ where
         let Path(v) = Path::<T>::from_request_parts(parts, state)
             .await
             .map_err(|r| ApiError::new(r.status(), "invalid_path", r.body_text()))?;
+        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::new(r.status(), "invalid_path", r.body_text()))?;
+        storable::check_params(
+            "path parameter",
+            params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )?;
         Ok(ApiPath(v))
     }
 }
 
-/// `axum::Json` whose rejections are problem+json.
+/// `axum::Json` whose rejections are problem+json; a value PostgreSQL cannot store, anywhere in
+/// the body, is `invalid_input` naming its field.
 pub struct ApiJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for ApiJson<T>
 where
-    axum::Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
+        // Through a `Value` first: the NUL check must see every key and value, also those the
+        // target type would refuse for another reason, and must come before any of them.
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        storable::check_json(&value)?;
+        let v = T::deserialize(value).map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                format!("Failed to deserialize the JSON body into the target type: {e}"),
+            )
+        })?;
         Ok(ApiJson(v))
     }
 }

@@ -238,18 +238,29 @@ impl Store {
         Ok(self.query(&sql, &[&key]).await?.pop())
     }
 
+    /// Newest first; `LIMIT NULL` is no limit, so nothing is ever cut off unless asked for.
     pub async fn list(&self, f: &ListFilter) -> Result<Vec<EnvRecord>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM environments \
              WHERE ($1::text IS NULL OR key = $1) AND ($2::text IS NULL OR target = $2) \
                AND (CASE WHEN $3::text IS NULL THEN state <> 'deleted' ELSE state = $3 END) \
                AND labels @> $4::jsonb \
-             ORDER BY created_at DESC LIMIT 1000"
+               AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid)) \
+             ORDER BY created_at DESC, id DESC LIMIT $5::bigint"
         );
         let labels = serde_json::to_value(&f.labels).expect("labels serialise");
+        let (after_at, after_id) = f.after.unzip();
         self.query(
             &sql,
-            &[&f.key, &f.target, &f.state.map(State::as_str), &labels],
+            &[
+                &f.key,
+                &f.target,
+                &f.state.map(State::as_str),
+                &labels,
+                &f.limit,
+                &after_at,
+                &after_id,
+            ],
         )
         .await
     }

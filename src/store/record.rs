@@ -146,10 +146,15 @@ impl EnvRecord {
     }
 }
 
+/// What a listing selects, newest first (`created_at DESC, id DESC`).
 #[derive(Debug, Default, Clone)]
 pub struct ListFilter {
     pub key: Option<String>,
     pub target: Option<String>,
     pub state: Option<State>,
     pub labels: BTreeMap<String, String>,
+    /// At most this many rows; `None` returns all of them.
+    pub limit: Option<i64>,
+    /// Only rows after this one in the listing's order (keyset paging: stable under inserts).
+    pub after: Option<(DateTime<Utc>, Uuid)>,
 }

@@ -152,7 +152,7 @@ impl Inner {
         blueprint: Option<&Blueprint>,
     ) -> Result<(), BackendError> {
         let extensions = blueprint.map(|b| b.extensions.as_slice()).unwrap_or(&[]);
-        let wanted: Vec<&str> = extensions.iter().map(PgIdent::as_str).collect();
+        let wanted: Vec<&str> = extensions.iter().map(|e| e.as_str()).collect();
         if self.shared_is_ready(db, &wanted).await? {
             return Ok(());
         }
