@@ -244,8 +244,11 @@ async fn build(
     let admin = inner.admin().await?;
     let builder = quote(BUILDER_ROLE);
     // Every replica derives the same password, so any verifier set here lets each log in.
+    // Concurrent builds (of other blueprints, or on other replicas) would update the role's
+    // row at once ("tuple concurrently updated"): one at a time.
     let verifier =
         postgres_protocol::password::scram_sha_256(inner.builder_password.expose().as_bytes());
+    let role_lock = AdvisoryLock::acquire(inner, "builder", BUILDER_ROLE).await?;
     admin
         .batch_execute(&format!(
             "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {lit}) THEN \
@@ -264,6 +267,7 @@ async fn build(
             .await
             .map_err(db_err)?;
     }
+    drop(role_lock);
     // Leftovers of a build interrupted by a crash (we hold the build lock, so nobody is on it).
     admin
         .batch_execute(&format!(
