@@ -666,7 +666,7 @@ impl Environments {
         deadline: &Deadline,
     ) -> Result<(Env, bool)> {
         let lease = self.leases.acquire(key, purpose, deadline).await?;
-        let outcome = self.delete_record(id, None).await;
+        let outcome = self.delete_record(id, None, deadline).await;
         lease.release().await;
         outcome
     }
@@ -677,6 +677,7 @@ impl Environments {
         &self,
         id: Uuid,
         expired_by: Option<chrono::DateTime<Utc>>,
+        deadline: &Deadline,
     ) -> Result<(Env, bool)> {
         let record = self
             .store
@@ -695,10 +696,16 @@ impl Environments {
         if record.state != State::Failed {
             self.store.mark_deleting(id).await?;
         }
-        self.target(&record.target)?
+        let teardown = self
+            .target(&record.target)?
             .backend
-            .teardown(&record.resources)
-            .await?;
+            .teardown(&record.resources);
+        deadline.run(teardown).await.map_err(|e| {
+            // Left `deleting`: the reconciler finishes it.
+            ServiceError::DeadlineExceeded(format!(
+                "the teardown did not finish in time ({e}); it will be retried"
+            ))
+        })??;
         self.store.mark_deleted(id).await?;
         tracing::info!(env = %id, "environment deleted");
         let record = self
@@ -918,7 +925,7 @@ impl Environments {
             let outcome = join(tokio::spawn(async move {
                 let deadline = Deadline::after(this.target(&target)?.provision_timeout);
                 let lease = this.leases.acquire(&key, Purpose::Sweep, &deadline).await?;
-                let result = this.delete_record(id, Some(Utc::now())).await;
+                let result = this.delete_record(id, Some(Utc::now()), &deadline).await;
                 lease.release().await;
                 match &result {
                     Ok((_, true)) => this.metrics.swept(true),

@@ -6,6 +6,7 @@
 use super::{Item, Mode, Policy, Script, ScriptError};
 use crate::blueprint::{MigrationFormat, SourceFile};
 use crate::pgconn::PgConnector;
+use crate::service::Deadline;
 
 /// Where migrations run: a database reached through `server`, which must log in as the role
 /// that is to own what they create (see `PgConnector::with_login`) — never an admin login that
@@ -13,15 +14,38 @@ use crate::pgconn::PgConnector;
 #[derive(Clone)]
 pub struct Session {
     server: PgConnector,
+    deadline: Option<Deadline>,
 }
 
 impl Session {
     pub fn new(server: PgConnector) -> Self {
-        Self { server }
+        Self {
+            server,
+            deadline: None,
+        }
+    }
+
+    /// Every connection's statements and lock waits end before `deadline`: each connection
+    /// gets what is left when it is opened (a run opens several, one after another).
+    pub fn with_deadline(mut self, deadline: Deadline) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    fn server(&self) -> PgConnector {
+        match &self.deadline {
+            None => self.server.clone(),
+            Some(d) => {
+                let ms = d.statement_timeout_ms();
+                self.server
+                    .with_setting("statement_timeout", &ms.to_string())
+                    .with_setting("lock_timeout", &ms.min(30_000).to_string())
+            }
+        }
     }
 
     pub async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        self.server.connect().await
+        self.server().connect().await
     }
 
     /// A one-connection pool: `&PgPool` is what sqlx's migrator accepts without tripping the
@@ -29,7 +53,7 @@ impl Session {
     async fn connect_sqlx(&self) -> Result<sqlx::PgPool, sqlx::Error> {
         sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
-            .connect_with(self.server.sqlx_options())
+            .connect_with(self.server().sqlx_options())
             .await
     }
 }

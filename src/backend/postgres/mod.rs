@@ -33,6 +33,9 @@ use tokio::sync::OnceCell;
 /// never locks a caller out, while a missed teardown still ends access on its own.
 const VALID_UNTIL_GRACE: chrono::Duration = chrono::Duration::hours(1);
 
+/// See `Inner::teardowns`.
+const TEARDOWNS_AT_ONCE: usize = 8;
+
 /// How every previewdb-made object is marked (in its COMMENT), so that only those are collected.
 pub const MARK_PREFIX: &str = "previewdb:env=";
 
@@ -65,6 +68,9 @@ struct Inner {
     templates: template::Templates,
     pool: pool::WarmPool,
     queue: Arc<WorkQueue>,
+    /// Teardowns running at once: each opens connections of its own (one per database it must
+    /// enter), so a burst of deletes must not exhaust the server's connection slots.
+    teardowns: tokio::sync::Semaphore,
     builder_password: Secret,
     build_timeout: Duration,
     orphan_grace: Duration,
@@ -87,6 +93,7 @@ impl PostgresBackend {
                 templates: Default::default(),
                 pool: Default::default(),
                 queue,
+                teardowns: tokio::sync::Semaphore::new(TEARDOWNS_AT_ONCE),
                 builder_password: settings.builder_password,
                 orphan_grace: settings.orphan_grace,
                 orphans: Default::default(),
@@ -182,17 +189,29 @@ impl Inner {
         role: &PgIdent,
         password: &Secret,
         deadline: &Deadline,
-    ) -> (PgConnector, RunGuard<'_>) {
+    ) -> (Session, RunGuard<'_>) {
+        self.login_with(database, role, password, deadline, None)
+    }
+
+    /// [`Inner::login`], with a `search_path` of its own from the session's start.
+    fn login_with(
+        &self,
+        database: &PgIdent,
+        role: &PgIdent,
+        password: &Secret,
+        deadline: &Deadline,
+        search_path: Option<&str>,
+    ) -> (Session, RunGuard<'_>) {
         let tag = format!("previewdb-run-{}", uuid::Uuid::new_v4().simple());
-        let ms = deadline.statement_timeout_ms();
-        let server = self
+        let mut server = self
             .db_server(database.as_str())
             .with_login(role.as_str(), password.expose())
-            .with_application_name(&tag)
-            .with_setting("statement_timeout", &ms.to_string())
-            .with_setting("lock_timeout", &ms.min(30_000).to_string());
+            .with_application_name(&tag);
+        if let Some(path) = search_path {
+            server = server.with_setting("search_path", path);
+        }
         (
-            server,
+            Session::new(server).with_deadline(*deadline),
             RunGuard {
                 inner: self,
                 tag,
@@ -353,12 +372,12 @@ impl Inner {
             blueprint.map(|b| b.migrations.clone()).unwrap_or_default();
         files.extend_from_slice(extra);
         let _slot = self.queue.admit(deadline).await?;
-        let (server, mut run) = if env.in_schema {
+        let (session, mut run) = if env.in_schema {
             self.schema_login(&env.db, &env.role, password, deadline)
         } else {
             self.login(&env.db, &env.role, password, deadline)
         };
-        let applied = migrations::apply(format, &Session::new(server), &files)
+        let applied = migrations::apply(format, &session, &files)
             .await
             .map_err(migration_error)?;
         run.done();
@@ -512,7 +531,9 @@ impl Backend for PostgresBackend {
     }
 
     async fn teardown(&self, resources: &Resources) -> Result<(), BackendError> {
-        self.inner.remove(&names(resources)?).await
+        let env = names(resources)?;
+        let _slot = self.inner.teardowns.acquire().await;
+        self.inner.remove(&env).await
     }
 
     async fn extend(

@@ -12,7 +12,6 @@ use super::{db_err, template, Inner, RunGuard, MARK_PREFIX};
 use crate::backend::{BackendError, ProvisionRequest, Secret};
 use crate::blueprint::{Blueprint, SourceFile};
 use crate::domain::PgIdent;
-use crate::pgconn::PgConnector;
 use crate::service::Deadline;
 use crate::sqlexec::migrations::Session;
 use postgres_protocol::escape::escape_literal;
@@ -113,8 +112,8 @@ impl Inner {
     ) -> Result<(), BackendError> {
         if let Some(bp) = blueprint {
             let _slot = self.queue.admit(deadline).await?;
-            let (server, mut run) = self.schema_login(db, role, password, deadline);
-            template::load(bp, &Session::new(server)).await?;
+            let (session, mut run) = self.schema_login(db, role, password, deadline);
+            template::load(bp, &session).await?;
             run.done();
         }
         if !extra.is_empty() {
@@ -136,11 +135,13 @@ impl Inner {
         role: &PgIdent,
         password: &Secret,
         deadline: &Deadline,
-    ) -> (PgConnector, RunGuard<'_>) {
-        let (server, run) = self.login(db, role, password, deadline);
-        (
-            server.with_setting("search_path", &format!("{role},public")),
-            run,
+    ) -> (Session, RunGuard<'_>) {
+        self.login_with(
+            db,
+            role,
+            password,
+            deadline,
+            Some(&format!("{role},public")),
         )
     }
 
