@@ -29,8 +29,8 @@ pub struct Target {
     pub max_environments: u32,
     /// Longest a create, reset or migrate on this target may take.
     pub provision_timeout: Duration,
-    /// Where heavy work on this target waits for its turn, if it has such a queue.
-    pub queue: Option<Arc<WorkQueue>>,
+    /// Where heavy work on this target waits for its turn, by kind of work.
+    pub queues: Vec<(&'static str, Arc<WorkQueue>)>,
 }
 
 /// What a caller asks for; parsed from the request at the edge.

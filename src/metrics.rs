@@ -76,6 +76,13 @@ pub fn error_outcome(e: &ServiceError) -> &'static str {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    target: String,
+    /// `provision` (clones, builds, resets, refills) or `migration` (callers' migrations).
+    queue: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
     operation: &'static str,
     outcome: &'static str,
@@ -313,22 +320,23 @@ pub async fn render(envs: &Environments) -> String {
             locked_gauge.get_or_create(&TargetLabels { target }).set(n);
         }
     }
-    let queued = Family::<TargetLabels, Gauge>::default();
+    let queued = Family::<QueueLabels, Gauge>::default();
     scrape.register(
         "provision_queue_waiting",
         "Requests waiting for a place in the target's queue of heavy work",
         queued.clone(),
     );
-    let running = Family::<TargetLabels, Gauge>::default();
+    let running = Family::<QueueLabels, Gauge>::default();
     scrape.register(
         "provision_queue_running",
         "Heavy work (cold clones, builds, migrations, resets, refills) running on the target",
         running.clone(),
     );
     for t in envs.targets() {
-        if let Some(q) = &t.queue {
-            let labels = TargetLabels {
+        for (queue, q) in &t.queues {
+            let labels = QueueLabels {
                 target: t.name.clone(),
+                queue,
             };
             queued.get_or_create(&labels).set(q.queued() as i64);
             running.get_or_create(&labels).set(q.running() as i64);

@@ -22,7 +22,7 @@ impl Application {
         let store = Store::open(&config.control_url).await?;
         let mut targets = Vec::new();
         for (name, t) in &config.targets {
-            let mut queue = None;
+            let mut queues = vec![];
             let mut provision_timeout = config.provision_timeout;
             let (kind, backend, max): (&'static str, Arc<dyn Backend>, u32) = match t {
                 TargetConfig::Postgres(pg) => {
@@ -34,7 +34,7 @@ impl Application {
                             orphan_grace: config.orphan_grace,
                         },
                     )?;
-                    queue = Some(backend.queue().clone());
+                    queues = backend.queues();
                     provision_timeout = pg.provision_timeout.unwrap_or(provision_timeout);
                     match backend.harden().await {
                         Ok(revoked) if !revoked.is_empty() => {
@@ -59,7 +59,7 @@ impl Application {
                 backend,
                 max_environments: max,
                 provision_timeout,
-                queue,
+                queues,
             });
         }
         let blueprints = config

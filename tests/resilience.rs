@@ -658,3 +658,138 @@ async fn keys_that_look_like_ids_are_keys() {
         assert_eq!(exists(&cluster, &user(&env)).await, (false, false));
     }
 }
+
+/// Heavy work waits in a bounded queue per target: past `max_queued`, 503 `queue_full` with
+/// Retry-After; callers' migrations that hold their places do not hold back clones.
+#[tokio::test(flavor = "multi_thread")]
+async fn heavy_work_is_queued_and_a_full_queue_says_when_to_come_back() {
+    let cluster = cluster().await;
+    let pg = &cluster.postgres;
+    let opts = ServeOptions {
+        tables: format!(
+            "[targets.narrow]\nkind = \"postgres\"\nadmin_url = {:?}\npublic_host = \"127.0.0.1\"\n\
+             public_port = {}\nmax_concurrent_provisions = 1\nmax_queued = 1\n",
+            pg.admin_url("postgres"),
+            pg.port()
+        ),
+        ..Default::default()
+    };
+    let replica = std::sync::Arc::new(Replica::start(cluster.clone(), &opts).await);
+    let sleeping = |key: &str| {
+        json!({ "key": key, "target": "narrow", "blueprint": "", "timeout": "30s",
+                "migrations": [migration("V1__sleep.sql", "SELECT pg_sleep(3600);")] })
+    };
+    // One runs, one waits: the migration queue is full.
+    let mut held = vec![];
+    for key in ["queue/a", "queue/b"] {
+        let (r, body) = (replica.clone(), sleeping(key));
+        held.push(tokio::spawn(async move {
+            r.post("/v1/environments", body).await
+        }));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let res = replica
+        .http
+        .post(format!("{}/v1/environments", replica.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&sleeping("queue/c"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1, "{retry}");
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["code"], "queue_full", "{problem}");
+    let (_, c) = replica.get(&env_path("queue/c")).await;
+    assert_eq!(
+        c["state"], "failed",
+        "a refused create leaves only its record: {c}"
+    );
+
+    // A clone does not wait behind them.
+    let started = Instant::now();
+    let (status, env) = replica
+        .post(
+            "/v1/environments",
+            json!({ "key": "queue/clone", "target": "narrow", "blueprint": "" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let (_, metrics) = replica.get("/metrics").await;
+    let text = metrics.as_str().unwrap();
+    assert!(
+        text.contains("previewdb_provision_queue_waiting{target=\"narrow\",queue=\"migration\"} 1"),
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("queue"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    for key in ["queue/a", "queue/b", "queue/clone"] {
+        let (status, body) = replica.delete(&env_path(key)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    for call in held {
+        let (status, problem) = call.await.unwrap();
+        assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    }
+}
+
+/// Two replicas sweeping at once: each answer lists only what that sweep tore down, and
+/// together they list every expired environment exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_sweeps_answer_what_each_did() {
+    let cluster = cluster().await;
+    let opts = ServeOptions::default();
+    let (a, b) = tokio::join!(
+        Replica::start(cluster.clone(), &opts),
+        Replica::start(cluster.clone(), &opts)
+    );
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..20 {
+        let (status, env) = a
+            .post(
+                "/v1/environments",
+                json!({ "key": format!("sweeps/{i}"), "blueprint": "", "ttl": "1s" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{env}");
+        ids.insert(env["id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (ra, rb) = tokio::join!(
+        a.post("/v1/sweep", json!({})),
+        b.post("/v1/sweep", json!({}))
+    );
+    let listed = |r: &(StatusCode, Value)| -> Vec<String> {
+        assert_eq!(r.0, StatusCode::OK, "{}", r.1);
+        assert_eq!(r.1["failed"], json!([]), "{}", r.1);
+        r.1["deleted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .filter(|id| ids.contains(id))
+            .collect()
+    };
+    let (da, db) = (listed(&ra), listed(&rb));
+    println!(
+        "sweeps: {} by one replica, {} by the other",
+        da.len(),
+        db.len()
+    );
+    let all: std::collections::HashSet<&String> = da.iter().chain(db.iter()).collect();
+    assert_eq!(da.len() + db.len(), 20, "each environment listed once");
+    assert_eq!(all.len(), 20);
+}

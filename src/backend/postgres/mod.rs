@@ -68,6 +68,9 @@ struct Inner {
     templates: template::Templates,
     pool: pool::WarmPool,
     queue: Arc<WorkQueue>,
+    /// Where the callers' own migrations wait: apart from the clones, builds and resets, so that
+    /// migrations that sleep or wait on locks until their deadline cannot hold back the rest.
+    migration_queue: Arc<WorkQueue>,
     /// Teardowns running at once: each opens connections of its own (one per database it must
     /// enter), so a burst of deletes must not exhaust the server's connection slots.
     teardowns: tokio::sync::Semaphore,
@@ -83,6 +86,7 @@ impl PostgresBackend {
         let admin_server = PgConnector::parse(&cfg.admin_url)?;
         let admin = admin_server.pool(16)?;
         let queue = WorkQueue::new(cfg.max_concurrent_provisions, cfg.max_queued);
+        let migration_queue = WorkQueue::new(cfg.max_concurrent_provisions, cfg.max_queued);
         Ok(Self {
             inner: Arc::new(Inner {
                 build_timeout: cfg.provision_timeout.unwrap_or(settings.provision_timeout),
@@ -93,6 +97,7 @@ impl PostgresBackend {
                 templates: Default::default(),
                 pool: Default::default(),
                 queue,
+                migration_queue,
                 teardowns: tokio::sync::Semaphore::new(TEARDOWNS_AT_ONCE),
                 builder_password: settings.builder_password,
                 orphan_grace: settings.orphan_grace,
@@ -101,9 +106,12 @@ impl PostgresBackend {
         })
     }
 
-    /// The heavy-work queue of this target (for its figures in `/metrics`).
-    pub fn queue(&self) -> &Arc<WorkQueue> {
-        &self.inner.queue
+    /// The work queues of this target, by what waits in them (for their figures in `/metrics`).
+    pub fn queues(&self) -> Vec<(&'static str, Arc<WorkQueue>)> {
+        vec![
+            ("provision", self.inner.queue.clone()),
+            ("migration", self.inner.migration_queue.clone()),
+        ]
     }
 
     /// Hardens the cluster for untrusted roles: PUBLIC loses CONNECT on every database that is
@@ -358,7 +366,8 @@ impl Inner {
     }
 
     /// Applies `extra` on top of the blueprint's migrations (already applied, so skipped),
-    /// logged in as the environment's role, after waiting for a place in the target's queue.
+    /// logged in as the environment's role, after waiting for a place in the target's queue of
+    /// caller migrations.
     async fn apply_migrations(
         &self,
         env: &EnvNames,
@@ -371,7 +380,7 @@ impl Inner {
         let mut files: Vec<SourceFile> =
             blueprint.map(|b| b.migrations.clone()).unwrap_or_default();
         files.extend_from_slice(extra);
-        let _slot = self.queue.admit(deadline).await?;
+        let _slot = self.migration_queue.admit(deadline).await?;
         let (session, mut run) = if env.in_schema {
             self.schema_login(&env.db, &env.role, password, deadline)
         } else {
