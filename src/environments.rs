@@ -646,8 +646,7 @@ impl Environments {
                 let record = this.find(&reference).await?;
                 this.leases.cancel(&record.key).await?;
                 let deadline = Deadline::after(this.target(&record.target)?.provision_timeout);
-                this.delete_leased(record.id, &record.key, Purpose::Delete, &deadline)
-                    .await
+                this.delete_leased(record.id, &record.key, &deadline).await
             }
             .await;
             this.count(Operation::Delete, result.as_ref().map(|_| "ok"));
@@ -658,14 +657,8 @@ impl Environments {
 
     /// Deletes under the key's lease; `true` if this call tore the environment down, `false` if
     /// it was already deleted.
-    async fn delete_leased(
-        &self,
-        id: Uuid,
-        key: &str,
-        purpose: Purpose,
-        deadline: &Deadline,
-    ) -> Result<(Env, bool)> {
-        let lease = self.leases.acquire(key, purpose, deadline).await?;
+    async fn delete_leased(&self, id: Uuid, key: &str, deadline: &Deadline) -> Result<(Env, bool)> {
+        let lease = self.leases.acquire(key, Purpose::Delete, deadline).await?;
         let outcome = self.delete_record(id, None, deadline).await;
         lease.release().await;
         outcome

@@ -33,10 +33,6 @@ impl Deadline {
         self.at.saturating_duration_since(Instant::now())
     }
 
-    pub fn expired(&self) -> bool {
-        Instant::now() >= self.at
-    }
-
     pub fn instant(&self) -> Instant {
         self.at
     }
@@ -67,7 +63,7 @@ mod tests {
         let d = Deadline::after(Duration::from_millis(50));
         let slow = d.run(tokio::time::sleep(Duration::from_secs(3))).await;
         assert!(slow.is_err());
-        assert!(d.expired());
+        assert_eq!(d.remaining(), Duration::ZERO);
         assert_eq!(d.statement_timeout_ms(), 1);
         let d = Deadline::after(Duration::from_secs(2));
         assert!(d.run(async { 7 }).await.is_ok_and(|v| v == 7));
