@@ -793,3 +793,44 @@ async fn concurrent_sweeps_answer_what_each_did() {
     assert_eq!(da.len() + db.len(), 20, "each environment listed once");
     assert_eq!(all.len(), 20);
 }
+
+/// A tenant may change its own password; previewdb's migrations and resets log in with the
+/// one on record all the same, which works again afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_changing_its_password_does_not_lock_previewdb_out() {
+    let cluster = cluster().await;
+    let replica = Replica::start(cluster.clone(), &ServeOptions::default()).await;
+    for isolation in ["database", "schema"] {
+        let key = format!("password/{isolation}");
+        let (status, env) = replica
+            .post(
+                "/v1/environments",
+                json!({ "key": key, "blueprint": "", "isolation": isolation }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{env}");
+        let client = connect(&uri(&env)).await.unwrap();
+        client
+            .batch_execute(&format!(
+                "ALTER ROLE \"{}\" PASSWORD 'mine-now'",
+                user(&env)
+            ))
+            .await
+            .unwrap();
+        let (status, migrated) = replica
+            .post(
+                &format!("{}/migrate", env_path(&key)),
+                json!({ "migrations": [migration("01_t.sql", "CREATE TABLE t (id int);")] }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{migrated}");
+        assert_eq!(migrated["applied"], 1);
+        connect(&uri(&env))
+            .await
+            .expect("the handed-out password works again");
+        let (status, reset) = replica
+            .post(&format!("{}/reset", env_path(&key)), json!({}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{reset}");
+    }
+}

@@ -228,6 +228,25 @@ impl Inner {
         )
     }
 
+    /// Gives the role back the password previewdb handed out: a tenant may change its own
+    /// (`ALTER ROLE … PASSWORD` is allowed to it), and previewdb logs in with the one on record.
+    async fn restore_password(
+        &self,
+        role: &PgIdent,
+        password: &Secret,
+    ) -> Result<(), BackendError> {
+        let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
+        self.admin()
+            .await?
+            .batch_execute(&format!(
+                "ALTER ROLE {} PASSWORD {}",
+                role.quoted(),
+                escape_literal(&verifier)
+            ))
+            .await
+            .map_err(db_err)
+    }
+
     /// A dedicated admin connection to `database`, closed when dropped.
     async fn connect_db(&self, database: &str) -> Result<tokio_postgres::Client, BackendError> {
         self.db_server(database).connect().await.map_err(db_err)
@@ -698,14 +717,10 @@ impl Backend for PostgresBackend {
         password: &Secret,
         deadline: &Deadline,
     ) -> Result<usize, BackendError> {
+        let env = names(resources)?;
+        self.inner.restore_password(&env.role, password).await?;
         self.inner
-            .apply_migrations(
-                &names(resources)?,
-                blueprint,
-                migrations,
-                password,
-                deadline,
-            )
+            .apply_migrations(&env, blueprint, migrations, password, deadline)
             .await
     }
 

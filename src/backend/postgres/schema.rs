@@ -268,6 +268,7 @@ impl Inner {
             .await
             .map_err(db_err)?;
         self.create_schema(db, role, &escape_literal(&mark)).await?;
+        self.restore_password(role, password).await?;
         self.fill_schema(db, role, blueprint, &[], password, deadline)
             .await
     }
