@@ -6,6 +6,7 @@ mod gc;
 mod lock;
 pub mod names;
 mod pool;
+mod quota;
 mod schema;
 mod teardown;
 mod template;
@@ -744,88 +745,12 @@ impl Backend for PostgresBackend {
     }
 
     async fn measure(&self, envs: &[&Resources]) -> Result<Vec<(usize, i64)>, BackendError> {
-        let inner = &self.inner;
-        let named: Vec<(usize, EnvNames)> = envs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| Some((i, names(r).ok()?)))
-            .collect();
-        let mut sizes = vec![];
-        let databases: Vec<&str> = named
-            .iter()
-            .filter(|(_, e)| !e.in_schema)
-            .map(|(_, e)| e.db.as_str())
-            .collect();
-        let rows = inner
-            .admin()
-            .await?
-            .query(
-                "SELECT datname, pg_database_size(oid) FROM pg_database WHERE datname = ANY($1)",
-                &[&databases],
-            )
-            .await
-            .map_err(db_err)?;
-        for row in rows {
-            let name: String = row.get(0);
-            if let Some((i, _)) = named
-                .iter()
-                .find(|(_, e)| !e.in_schema && e.db.as_str() == name)
-            {
-                sizes.push((*i, row.get(1)));
-            }
-        }
-        // Schema isolation: what the schema's tables hold, per shared database.
-        let mut shared: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (_, e) in named.iter().filter(|(_, e)| e.in_schema) {
-            shared
-                .entry(e.db.as_str())
-                .or_default()
-                .push(e.role.as_str());
-        }
-        for (db, schemas) in shared {
-            let rows = inner
-                .connect_db(db)
-                .await?
-                .query(
-                    "SELECT n.nspname, coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint \
-                     FROM pg_namespace n LEFT JOIN pg_class c \
-                       ON c.relnamespace = n.oid AND c.relkind IN ('r', 'm') \
-                     WHERE n.nspname = ANY($1) GROUP BY n.nspname",
-                    &[&schemas],
-                )
-                .await
-                .map_err(db_err)?;
-            for row in rows {
-                let name: String = row.get(0);
-                if let Some((i, _)) = named
-                    .iter()
-                    .find(|(_, e)| e.in_schema && e.db.as_str() == db && e.role.as_str() == name)
-                {
-                    sizes.push((*i, row.get(1)));
-                }
-            }
-        }
-        Ok(sizes)
+        let named: Vec<Option<EnvNames>> = envs.iter().map(|r| names(r).ok()).collect();
+        quota::measure(&self.inner, &named).await
     }
 
     async fn set_locked(&self, resources: &Resources, locked: bool) -> Result<(), BackendError> {
-        let role = names(resources)?.role;
-        let sql = if locked {
-            format!(
-                "ALTER ROLE {} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE usename = {} AND pid <> pg_backend_pid();",
-                role.quoted(),
-                escape_literal(role.as_str())
-            )
-        } else {
-            format!("ALTER ROLE {} LOGIN", role.quoted())
-        };
-        self.inner
-            .admin()
-            .await?
-            .batch_execute(&sql)
-            .await
-            .map_err(db_err)
+        quota::set_locked(&self.inner, &names(resources)?.role, locked).await
     }
 }
 
