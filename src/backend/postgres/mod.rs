@@ -433,21 +433,22 @@ impl Inner {
                 pool::refill_in_background(self.clone(), bp.clone(), tpl.clone());
                 match warm {
                     Some(password) => password,
-                    None => match {
-                        let _slot = self.queue.admit(&req.deadline).await?;
-                        self.create_cold(req, Some(&tpl), db, role).await
-                    } {
-                        // Another replica (with another configuration) collected the template:
-                        // build it again.
-                        Err(e) if e.to_string().contains("(SQLSTATE 3D000)") => {
-                            self.templates.forget(&tpl.hash);
-                            self.teardown(db, role).await?;
-                            let tpl = self.templates.ensure(self, bp, &req.deadline).await?;
-                            let _slot = self.queue.admit(&req.deadline).await?;
-                            self.create_cold(req, Some(&tpl), db, role).await?
+                    None => {
+                        let slot = self.queue.admit(&req.deadline).await?;
+                        match self.create_cold(req, Some(&tpl), db, role).await {
+                            // Another replica (with another configuration) collected the template:
+                            // build it again (the build takes a place of its own).
+                            Err(e) if e.to_string().contains("(SQLSTATE 3D000)") => {
+                                drop(slot);
+                                self.templates.forget(&tpl.hash);
+                                self.teardown(db, role).await?;
+                                let tpl = self.templates.ensure(self, bp, &req.deadline).await?;
+                                let _slot = self.queue.admit(&req.deadline).await?;
+                                self.create_cold(req, Some(&tpl), db, role).await?
+                            }
+                            outcome => outcome?,
                         }
-                        outcome => outcome?,
-                    },
+                    }
                 }
             }
         };
