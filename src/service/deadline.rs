@@ -49,7 +49,8 @@ impl Deadline {
     /// the deadline itself; at least 1 ms (0 would mean "no timeout").
     pub fn statement_timeout_ms(&self) -> u64 {
         let left = self.remaining().as_millis() as u64;
-        let margin = (left / 10).clamp(200, 2000);
+        // Room for the error to travel back on a loaded machine.
+        let margin = (left / 4).clamp(500, 5000);
         left.saturating_sub(margin).max(1)
     }
 }
@@ -68,6 +69,6 @@ mod tests {
         let d = Deadline::after(Duration::from_secs(2));
         assert!(d.run(async { 7 }).await.is_ok_and(|v| v == 7));
         let ms = d.statement_timeout_ms();
-        assert!((1000..2000).contains(&ms), "{ms}");
+        assert!((1000..1600).contains(&ms), "{ms}");
     }
 }
