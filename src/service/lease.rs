@@ -127,7 +127,7 @@ impl Leases {
             .map_err(|_| LeaseError::Busy)?;
         let mut pause = Duration::from_millis(10);
         loop {
-            if let Some(lease) = self.take(key, purpose, &local).await? {
+            if let Some(lease) = self.take(key, purpose).await? {
                 return Ok(lease.with_guard(local));
             }
             // Another replica holds it: poll, backing off, within the deadline.
@@ -149,17 +149,14 @@ impl Leases {
         let Ok(local) = self.local(key).try_lock_owned() else {
             return Ok(None);
         };
-        Ok(self
-            .take(key, purpose, &local)
-            .await?
-            .map(|l| l.with_guard(local)))
+        Ok(self.take(key, purpose).await?.map(|l| l.with_guard(local)))
     }
 
+    /// One attempt at the row (the caller holds the key's local mutex).
     async fn take(
         self: &Arc<Self>,
         key: &str,
         purpose: Purpose,
-        _local: &tokio::sync::OwnedMutexGuard<()>,
     ) -> Result<Option<Unguarded>, LeaseError> {
         let holder = Uuid::new_v4();
         if !self
