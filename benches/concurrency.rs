@@ -300,10 +300,18 @@ struct Level {
     deletes: Vec<Duration>,
     /// Non-2xx answers (and transport errors) by `<operation> <status> <code>`.
     errors: BTreeMap<String, usize>,
+    /// The first answer's `detail` for each of `errors`.
+    details: BTreeMap<String, String>,
     profile: Profile,
 }
 
 impl Level {
+    fn count_error(&mut self, answer: &Answer, operation: &str) {
+        let label = answer.label(operation);
+        *self.errors.entry(label.clone()).or_default() += 1;
+        self.details.entry(label).or_insert_with(|| answer.detail());
+    }
+
     fn rate(&self) -> f64 {
         self.pairs as f64 / self.wall.as_secs_f64()
     }
@@ -318,6 +326,7 @@ impl Level {
             "create_ms": percentiles_json(&self.creates),
             "delete_ms": percentiles_json(&self.deletes),
             "non_2xx": self.errors,
+            "non_2xx_details": self.details,
             "profile": self.profile.json(),
         })
     }
@@ -351,7 +360,7 @@ async fn pairs(
                 .await;
                 level.creates.push(t.elapsed());
                 if answer.status() != Some(201) {
-                    *level.errors.entry(answer.label("create")).or_default() += 1;
+                    level.count_error(&answer, "create");
                     tokio::time::sleep(answer.pause()).await;
                     continue;
                 }
@@ -361,7 +370,7 @@ async fn pairs(
                 level.deletes.push(t.elapsed());
                 match answer.status() {
                     Some(200) => level.pairs += 1,
-                    _ => *level.errors.entry(answer.label("delete")).or_default() += 1,
+                    _ => level.count_error(&answer, "delete"),
                 }
             }
             level
@@ -378,6 +387,9 @@ async fn pairs(
         level.deletes.extend(l.deletes);
         for (k, n) in l.errors {
             *level.errors.entry(k).or_default() += n;
+        }
+        for (k, d) in l.details {
+            level.details.entry(k).or_insert(d);
         }
     }
     level.wall = started.elapsed();
@@ -418,6 +430,24 @@ fn sustained_table(levels: &[Level], baseline: f64) -> String {
         );
     }
     t.push('\n');
+    let mut details = BTreeMap::new();
+    for l in levels {
+        details.extend(l.details.iter().map(|(k, d)| (k.clone(), d.clone())));
+    }
+    t.push_str(&details_list(&details));
+    t
+}
+
+/// The first detail of each kind of non-2xx answer, as a Markdown list (empty for none).
+fn details_list(details: &BTreeMap<String, String>) -> String {
+    let mut t = String::new();
+    if !details.is_empty() {
+        t.push_str("First detail of each kind of non-2xx answer:\n\n");
+        for (label, detail) in details {
+            let _ = writeln!(t, "- `{label}`: {}", detail.replace('\n', " "));
+        }
+        t.push('\n');
+    }
     t
 }
 
@@ -548,6 +578,8 @@ struct Burst {
     delete_wall: Duration,
     creates: BTreeMap<String, usize>,
     deletes: BTreeMap<String, usize>,
+    /// The first `detail` of each kind of non-2xx answer.
+    details: BTreeMap<String, String>,
     create_latency: Vec<Duration>,
     delete_latency: Vec<Duration>,
     /// Reader latencies by phase and path.
@@ -569,6 +601,7 @@ impl Burst {
             "delete_wall_s": self.delete_wall.as_secs_f64(),
             "create_answers": self.creates,
             "delete_answers": self.deletes,
+            "non_2xx_details": self.details,
             "create_ms": percentiles_json(&self.create_latency),
             "delete_ms": percentiles_json(&self.delete_latency),
             "reads": reads,
@@ -618,17 +651,19 @@ async fn burst_run(http: &reqwest::Client, base: &str, n: usize) -> anyhow::Resu
         })
     };
 
-    let (creates, create_latency, create_wall, ids) = fan_out(n, |i| {
+    let mut details = BTreeMap::new();
+    let (creates, create_latency, create_wall, ids) = fan_out(n, "create", &mut details, |i| {
         http.post(format!("{base}/v1/environments"))
             .json(&json!({ "key": format!("bench-burst-{i}"), "blueprint": "" }))
     })
     .await;
     *phase.lock().unwrap() = "deletes";
     let ids: Vec<String> = ids.into_iter().flatten().collect();
-    let (deletes, delete_latency, delete_wall, _) = fan_out(ids.len(), |i| {
-        http.delete(format!("{base}/v1/environments/{}", ids[i]))
-    })
-    .await;
+    let (deletes, delete_latency, delete_wall, _) =
+        fan_out(ids.len(), "delete", &mut details, |i| {
+            http.delete(format!("{base}/v1/environments/{}", ids[i]))
+        })
+        .await;
     done.store(true, Ordering::Relaxed);
     let (reads, read_errors) = reader.await?;
     Ok(Burst {
@@ -637,6 +672,7 @@ async fn burst_run(http: &reqwest::Client, base: &str, n: usize) -> anyhow::Resu
         delete_wall,
         creates,
         deletes,
+        details,
         create_latency,
         delete_latency,
         reads,
@@ -645,9 +681,11 @@ async fn burst_run(http: &reqwest::Client, base: &str, n: usize) -> anyhow::Resu
 }
 
 /// Sends `n` requests at once; answers by status, latencies, wall time, and the id each 2xx
-/// answer carried.
+/// answer carried. The first detail of each kind of non-2xx answer goes to `details`.
 async fn fan_out(
     n: usize,
+    operation: &str,
+    details: &mut BTreeMap<String, String>,
     request: impl Fn(usize) -> reqwest::RequestBuilder,
 ) -> (
     BTreeMap<String, usize>,
@@ -676,6 +714,11 @@ async fn fan_out(
                 .flatten(),
         );
         *answers.entry(answer.label("")).or_default() += 1;
+        if !ok {
+            details
+                .entry(answer.label(operation))
+                .or_insert_with(|| answer.detail());
+        }
     }
     (answers, latency, started.elapsed(), ids)
 }
@@ -726,6 +769,7 @@ fn burst_table(b: &Burst) -> String {
     } else {
         let _ = writeln!(t, "\nReads not answered 200: {}\n", answers(&b.read_errors));
     }
+    t.push_str(&details_list(&b.details));
     t
 }
 
@@ -764,6 +808,16 @@ impl Answer {
                 None => format!("{operation} {status}"),
             },
             Answer::Transport(e) => format!("{operation} transport error ({e})"),
+        }
+    }
+
+    /// What the answer says went wrong: its problem's `detail`, or the transport error.
+    fn detail(&self) -> String {
+        match self {
+            Answer::Http { body, .. } => body["detail"]
+                .as_str()
+                .map_or_else(|| body.to_string(), str::to_owned),
+            Answer::Transport(e) => e.clone(),
         }
     }
 
