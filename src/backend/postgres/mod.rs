@@ -851,14 +851,22 @@ fn quote(name: &str) -> String {
     postgres_protocol::escape::escape_identifier(name)
 }
 
-/// Maps a server error to a backend error, keeping the server's words; connection loss is
-/// "unavailable" so callers get a 503 they may retry.
+/// Maps a server error to a backend error, keeping the server's words; connection loss, and
+/// a server that refuses sessions for now (full, starting, stopping), is "unavailable" so
+/// callers get a 503 they may retry.
 pub(crate) fn db_err(e: tokio_postgres::Error) -> BackendError {
+    use tokio_postgres::error::SqlState;
     match e.as_db_error() {
         Some(db) => {
             let mut message = format!("{} (SQLSTATE {})", db.message(), db.code().code());
             if let Some(d) = db.detail() {
                 message.push_str(&format!(": {d}"));
+            }
+            if [SqlState::TOO_MANY_CONNECTIONS, SqlState::CANNOT_CONNECT_NOW].contains(db.code()) {
+                return BackendError::Unavailable {
+                    message,
+                    retry_after: Some(Duration::from_secs(5)),
+                };
             }
             BackendError::Failed { message }
         }
