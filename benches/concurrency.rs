@@ -11,7 +11,8 @@
 //! Prints one Markdown table per section and writes them, and the same figures as JSON, to
 //! `<target dir>/bench/concurrency.{md,json}`. Asserts nothing: the figures are the result.
 //!
-//! `cargo bench --bench concurrency`
+//! `cargo bench --bench concurrency` (`PREVIEWDB_BENCH_PROVISIONS=n` overrides the target's
+//! `max_concurrent_provisions`, to see what the queue's bound costs).
 
 use previewdb::dev::{self, DevOptions};
 use previewdb::startup::Application;
@@ -52,6 +53,10 @@ async fn main() -> anyhow::Result<()> {
     for target in config.targets.values_mut() {
         if let previewdb::configuration::TargetConfig::Postgres(pg) = target {
             pg.max_environments = MAX_ENVIRONMENTS;
+            // To see what the queue's bound costs; the default is the configuration's.
+            if let Ok(n) = std::env::var("PREVIEWDB_BENCH_PROVISIONS") {
+                pg.max_concurrent_provisions = n.parse().expect("PREVIEWDB_BENCH_PROVISIONS");
+            }
             settings = json!({
                 "max_environments": pg.max_environments,
                 "max_concurrent_provisions": pg.max_concurrent_provisions,
