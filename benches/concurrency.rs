@@ -498,7 +498,8 @@ impl Sampler {
             };
             while !flag.load(Ordering::Relaxed) {
                 for t in envs.targets() {
-                    if let Some(q) = &t.queue {
+                    // Clones, builds and refills: what the sustained levels wait for.
+                    for (_, q) in t.queues.iter().filter(|(kind, _)| *kind == "provision") {
                         p.queue_running += q.running() as f64;
                         p.queue_waiting += q.queued() as f64;
                         p.max_waiting = p.max_waiting.max(q.queued());
