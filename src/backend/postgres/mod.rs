@@ -5,7 +5,6 @@
 mod gc;
 mod lock;
 pub mod names;
-mod passwords;
 mod pool;
 mod quota;
 mod schema;
@@ -25,6 +24,7 @@ use crate::sqlexec::migrations::{self, Session};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use postgres_protocol::escape::escape_literal;
+use rand::distributions::{Alphanumeric, DistString};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,8 +76,6 @@ struct Inner {
     /// enter), so a burst of deletes must not exhaust the server's connection slots.
     teardowns: tokio::sync::Semaphore,
     builder_password: Secret,
-    /// Environment passwords and their verifiers, made ahead of the hand-outs that need them.
-    passwords: Arc<passwords::PasswordStash>,
     build_timeout: Duration,
     orphan_grace: Duration,
     /// When garbage collection first saw each object that nothing accounts for.
@@ -103,7 +101,6 @@ impl PostgresBackend {
                 migration_queue,
                 teardowns: tokio::sync::Semaphore::new(TEARDOWNS_AT_ONCE),
                 builder_password: settings.builder_password,
-                passwords: Default::default(),
                 orphan_grace: settings.orphan_grace,
                 orphans: Default::default(),
             }),
@@ -293,7 +290,7 @@ impl Inner {
 
     /// `LOGIN … VALID UNTIL … PASSWORD …` for an environment role; only the verifier is sent.
     fn login_attributes(&self, expires_at: DateTime<Utc>) -> (Secret, String) {
-        let (password, verifier) = self.passwords.take();
+        let (password, verifier) = new_password();
         let attrs = format!(
             "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {} \
              VALID UNTIL {} PASSWORD {}",
@@ -837,6 +834,13 @@ fn migration_error(e: crate::sqlexec::ScriptError) -> BackendError {
             message: e.to_string(),
         }
     }
+}
+
+/// A random 32-character password and its SCRAM-SHA-256 verifier; only the verifier is sent.
+fn new_password() -> (Secret, String) {
+    let password = Alphanumeric.sample_string(&mut rand::rngs::OsRng, 32);
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    (Secret::new(password), verifier)
 }
 
 fn valid_until(expires_at: DateTime<Utc>) -> String {
