@@ -797,9 +797,21 @@ async fn concurrent_sweeps_answer_what_each_did() {
         da.len() + db.len(),
         "an environment listed by both sweeps"
     );
+    // What a background sweeper took may still be in teardown when both answers are in;
+    // it must finish soon all the same.
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
     for id in &ids {
-        let (_, env) = a.get(&env_path(id)).await;
-        assert_eq!(env["state"], "deleted", "{env}");
+        loop {
+            let (_, env) = a.get(&env_path(id)).await;
+            if env["state"] == "deleted" {
+                break;
+            }
+            assert!(
+                env["state"] == "deleting" && tokio::time::Instant::now() < give_up,
+                "{env}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
