@@ -1,7 +1,7 @@
 //! `previewdb dev`: the embedded default — a private PostgreSQL as control store and target.
 
 use crate::configuration::{token_digest, Config};
-use crate::embedded::EmbeddedPostgres;
+use crate::embedded::{Durability, EmbeddedPostgres};
 use anyhow::Context;
 use rand::distributions::{Alphanumeric, DistString};
 use std::io::Write;
@@ -25,9 +25,15 @@ pub const DEV_TOKEN_ENV: &str = "PREVIEWDB_DEV_TOKEN";
 
 /// Starts (initialising on first use) the private cluster under `data_dir` and derives a config.
 pub async fn setup(opts: &DevOptions) -> anyhow::Result<DevSetup> {
+    setup_with(opts, Durability::Fast).await
+}
+
+/// [`setup`] with a cluster of the given durability (benchmarks ask for `Full`).
+pub async fn setup_with(opts: &DevOptions, durability: Durability) -> anyhow::Result<DevSetup> {
     let data_dir = opts.data_dir.clone();
     let postgres =
-        tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data_dir)).await??;
+        tokio::task::spawn_blocking(move || EmbeddedPostgres::start_with(&data_dir, durability))
+            .await??;
     create_database_if_missing(&postgres.admin_url("postgres"), "previewdb").await?;
     let key = persistent_key(&postgres.data_dir().join("encryption.key"))?;
     let token = std::env::var(DEV_TOKEN_ENV)

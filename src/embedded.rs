@@ -17,6 +17,16 @@ or under /usr/lib/postgresql/*/bin. Install the server package, e.g. `apt-get in
 postgresql` (Debian/Ubuntu), `dnf install postgresql-server` (Fedora) or `brew install \
 postgresql@16` (macOS), or put its bin directory on PATH.";
 
+/// How the cluster treats its writes. `Fast` (the default of `previewdb dev` and the tests)
+/// trades crash safety for speed; `Full` keeps PostgreSQL's defaults, as a production server
+/// would, for benchmarks whose figures must hold there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    #[default]
+    Fast,
+    Full,
+}
+
 pub struct EmbeddedPostgres {
     data_dir: PathBuf,
     socket_dir: PathBuf,
@@ -64,6 +74,10 @@ impl EmbeddedPostgres {
     /// Initialises `data_dir` when it holds no cluster yet, then starts the server on a free
     /// local port. The server is a child of this process and dies with it.
     pub fn start(data_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(data_dir, Durability::Fast)
+    }
+
+    pub fn start_with(data_dir: &Path, durability: Durability) -> anyhow::Result<Self> {
         let bin = Self::find_bin_dir()?;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
@@ -119,12 +133,17 @@ impl EmbeddedPostgres {
             // Tenants may PREPARE TRANSACTION, as on many production servers: teardown must cope.
             "max_prepared_transactions=16".into(),
             "password_encryption=scram-sha-256".into(),
-            // A development and test cluster: durability is traded for speed.
-            "fsync=off".into(),
-            "synchronous_commit=off".into(),
-            "full_page_writes=off".into(),
         ] {
             cmd.arg("-c").arg(setting);
+        }
+        if durability == Durability::Fast {
+            for setting in [
+                "fsync=off",
+                "synchronous_commit=off",
+                "full_page_writes=off",
+            ] {
+                cmd.arg("-c").arg(setting);
+            }
         }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -32,6 +32,9 @@ impl Application {
                             builder_password: builder_password(&config.encryption_key),
                             provision_timeout: config.provision_timeout,
                             orphan_grace: config.orphan_grace,
+                            target: name.clone(),
+                            store: store.clone(),
+                            sealer: Sealer::new(&config.encryption_key),
                         },
                     )?;
                     queues = backend.queues();

@@ -2,9 +2,11 @@
 
 mod crypto;
 mod leases;
+mod pool;
 mod record;
 
 pub use crypto::Sealer;
+pub use pool::PoolEntry;
 pub use record::{EnvRecord, ListFilter, State, StoredConnection};
 
 use crate::advisory_key;
@@ -44,6 +46,19 @@ const COLUMNS: &str = "id, key, target, isolation, blueprint, blueprint_hash, se
     error, resources, teardown_pending, connection, password_sealed, labels, created_at, updated_at, \
     expires_at, deleted_at, size_bytes, lock_reason";
 
+/// `update` (of one environment, to a state that is not live) with the target's live count
+/// taken down when, and only when, the row was live before: one statement, so the count
+/// cannot drift from the rows.
+fn leaving_live(update: &str) -> String {
+    format!(
+        "WITH before AS (SELECT target FROM environments WHERE id = $1 \
+           AND state IN ('provisioning', 'ready', 'deleting') FOR UPDATE), \
+         changed AS ({update} RETURNING target) \
+         UPDATE target_usage u SET live = u.live - 1 \
+         FROM before JOIN changed USING (target) WHERE u.target = before.target"
+    )
+}
+
 impl Store {
     /// Connects and brings the schema up to date (one replica at a time).
     pub async fn open(url: &str) -> anyhow::Result<Self> {
@@ -79,48 +94,42 @@ impl Store {
         Ok(())
     }
 
-    /// Records a new environment unless its target already holds `max_live` live ones.
-    /// Optimistic, so that no connection waits on a lock while others queue for the pool: the
-    /// row is inserted, then the live ones are counted (a fresh snapshot sees every committed
-    /// insert), and the row is taken back when that overshoots. Two creates racing for the
-    /// last place may both give it up; none can exceed the limit. Answers whether it was kept.
+    /// Records a new environment unless its target already holds `max_live` live ones. One
+    /// statement: the target's row in `target_usage` is bumped only while under the limit, and
+    /// the environment is inserted only when it was (concurrent creates queue on that row for
+    /// the length of a commit, never overshoot). Answers whether it was recorded.
     pub async fn insert_within(&self, r: &EnvRecord, max_live: u32) -> Result<bool> {
-        let conn = self.pool.get().await?;
-        conn.execute(
-            "INSERT INTO environments (id, key, target, isolation, blueprint, blueprint_hash, \
-             settings_digest, state, resources, labels, created_at, updated_at, expires_at, teardown_pending) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, true)",
-            &[
-                &r.id,
-                &r.key,
-                &r.target,
-                &r.isolation.as_str(),
-                &r.blueprint,
-                &r.blueprint_hash,
-                &r.settings_digest,
-                &r.state.as_str(),
-                &serde_json::Value::Object(r.resources.clone()),
-                &serde_json::to_value(&r.labels).expect("labels serialise"),
-                &r.created_at,
-                &r.expires_at,
-            ],
-        )
-        .await?;
-        let live: i64 = conn
-            .query_one(
-                "SELECT count(*) FROM environments WHERE target = $1 \
-                 AND state IN ('provisioning', 'ready', 'deleting')",
-                &[&r.target],
-            )
+        let inserted = self
+            .pool
+            .get()
             .await?
-            .get(0);
-        if live > i64::from(max_live) {
-            // Nothing was made for it yet: the row goes without a trace.
-            conn.execute("DELETE FROM environments WHERE id = $1", &[&r.id])
-                .await?;
-            return Ok(false);
-        }
-        Ok(true)
+            .execute(
+                "WITH place AS ( \
+                   INSERT INTO target_usage AS u (target, live) SELECT $3, 1 WHERE $13::bigint > 0 \
+                   ON CONFLICT (target) DO UPDATE SET live = u.live + 1 WHERE u.live < $13 \
+                   RETURNING 1) \
+                 INSERT INTO environments (id, key, target, isolation, blueprint, blueprint_hash, \
+                   settings_digest, state, resources, labels, created_at, updated_at, expires_at, \
+                   teardown_pending) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, true FROM place",
+                &[
+                    &r.id,
+                    &r.key,
+                    &r.target,
+                    &r.isolation.as_str(),
+                    &r.blueprint,
+                    &r.blueprint_hash,
+                    &r.settings_digest,
+                    &r.state.as_str(),
+                    &serde_json::Value::Object(r.resources.clone()),
+                    &serde_json::to_value(&r.labels).expect("labels serialise"),
+                    &r.created_at,
+                    &r.expires_at,
+                    &i64::from(max_live),
+                ],
+            )
+            .await?;
+        Ok(inserted == 1)
     }
 
     pub async fn mark_ready(
@@ -146,8 +155,10 @@ impl Store {
     /// Records a failure; `teardown_pending` says whether something may remain on the target.
     pub async fn mark_failed(&self, id: Uuid, error: &str, teardown_pending: bool) -> Result<()> {
         self.exec(
-            "UPDATE environments SET state = 'failed', error = $2, teardown_pending = $3, \
-             password_sealed = NULL, updated_at = now() WHERE id = $1",
+            &leaving_live(
+                "UPDATE environments SET state = 'failed', error = $2, teardown_pending = $3, \
+                 password_sealed = NULL, updated_at = now() WHERE id = $1",
+            ),
             &[&id, &error, &teardown_pending],
         )
         .await
@@ -163,8 +174,11 @@ impl Store {
 
     pub async fn mark_deleted(&self, id: Uuid) -> Result<()> {
         self.exec(
-            "UPDATE environments SET state = 'deleted', teardown_pending = false, password_sealed = NULL, \
-             deleted_at = coalesce(deleted_at, now()), updated_at = now() WHERE id = $1",
+            &leaving_live(
+                "UPDATE environments SET state = 'deleted', teardown_pending = false, \
+                 password_sealed = NULL, deleted_at = coalesce(deleted_at, now()), \
+                 updated_at = now() WHERE id = $1",
+            ),
             &[&id],
         )
         .await
@@ -270,13 +284,12 @@ impl Store {
             .pool
             .get()
             .await?
-            .query_one(
-                "SELECT count(*) FROM environments WHERE target = $1 \
-                 AND state IN ('provisioning', 'ready', 'deleting')",
+            .query_opt(
+                "SELECT live FROM target_usage WHERE target = $1",
                 &[&target],
             )
             .await?;
-        Ok(row.get(0))
+        Ok(row.map_or(0, |r| r.get(0)))
     }
 
     /// How many environments each target holds in each state, tombstones included; states

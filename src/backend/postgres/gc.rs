@@ -20,24 +20,19 @@ pub async fn collect_garbage(
     let admin = inner.admin().await?;
     // `accounted` was read before this listing: an object whose record was written after that
     // read shows up as a candidate, and the grace period keeps it until a pass sees its record.
-    let databases = admin
+    // One statement, so one snapshot: a pool entry renamed (role and database together) while
+    // this runs is seen under one name or the other, never as a role without its database.
+    let listed = admin
         .query(
-            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database \
-             WHERE starts_with(datname, $1)",
+            "SELECT datname, shobj_description(oid, 'pg_database'), true FROM pg_database \
+             WHERE starts_with(datname, $1) \
+             UNION ALL SELECT rolname, NULL, false FROM pg_roles WHERE starts_with(rolname, $1)",
             &[&names::PREFIX],
         )
         .await
         .map_err(db_err)?;
-    let roles: Vec<String> = admin
-        .query(
-            "SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1)",
-            &[&names::PREFIX],
-        )
-        .await
-        .map_err(db_err)?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let (databases, roles): (Vec<_>, Vec<_>) = listed.into_iter().partition(|r| r.get(2));
+    let roles: Vec<String> = roles.iter().map(|r| r.get(0)).collect();
     drop(admin);
     let recorded: HashSet<&str> = accounted
         .iter()
@@ -153,6 +148,20 @@ pub async fn collect_garbage(
                 dropped.push(name);
             }
             Err(e) => tracing::warn!(name = %name, error = %e, "could not drop an orphan"),
+        }
+    }
+    let dropped_entries: Vec<String> = dropped
+        .iter()
+        .filter(|name| matches!(names::kind(name), Some(Kind::Pool { .. })))
+        .cloned()
+        .collect();
+    if !dropped_entries.is_empty() {
+        if let Err(e) = inner
+            .store
+            .remove_pool_entries(&inner.target, &dropped_entries)
+            .await
+        {
+            tracing::warn!(error = %e, "could not strike dropped pool entries from the ledger");
         }
     }
     Ok(dropped)

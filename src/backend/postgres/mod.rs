@@ -21,6 +21,7 @@ use crate::domain::{Isolation, PgIdent};
 use crate::pgconn::PgConnector;
 use crate::service::{Deadline, WorkQueue};
 use crate::sqlexec::migrations::{self, Session};
+use crate::store::{Sealer, Store};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use postgres_protocol::escape::escape_literal;
@@ -59,6 +60,12 @@ pub struct ServiceSettings {
     pub provision_timeout: Duration,
     /// How long an unaccounted object with the prefix is left before it is collected.
     pub orphan_grace: Duration,
+    /// The target's name in the configuration: its rows in the pool ledger carry it.
+    pub target: String,
+    /// Where the warm pools' ledger is kept (see `pool`).
+    pub store: Store,
+    /// Seals the passwords of pool entries in the ledger.
+    pub sealer: Sealer,
 }
 
 struct Inner {
@@ -78,6 +85,9 @@ struct Inner {
     builder_password: Secret,
     build_timeout: Duration,
     orphan_grace: Duration,
+    target: String,
+    store: Store,
+    sealer: Sealer,
     /// When garbage collection first saw each object that nothing accounts for.
     orphans: Mutex<HashMap<String, std::time::Instant>>,
 }
@@ -102,6 +112,9 @@ impl PostgresBackend {
                 teardowns: tokio::sync::Semaphore::new(TEARDOWNS_AT_ONCE),
                 builder_password: settings.builder_password,
                 orphan_grace: settings.orphan_grace,
+                target: settings.target,
+                store: settings.store,
+                sealer: settings.sealer,
                 orphans: Default::default(),
             }),
         })
@@ -292,13 +305,21 @@ impl Inner {
     fn login_attributes(&self, expires_at: DateTime<Utc>) -> (Secret, String) {
         let (password, verifier) = new_password();
         let attrs = format!(
-            "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {} \
-             VALID UNTIL {} PASSWORD {}",
-            self.cfg.connection_limit,
-            valid_until(expires_at),
+            "{} PASSWORD {}",
+            self.login_grant(expires_at),
             escape_literal(&verifier)
         );
         (password, attrs)
+    }
+
+    /// `LOGIN … VALID UNTIL …` for a role whose password is already set.
+    fn login_grant(&self, expires_at: DateTime<Utc>) -> String {
+        format!(
+            "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {} \
+             VALID UNTIL {}",
+            self.cfg.connection_limit,
+            valid_until(expires_at),
+        )
     }
 
     /// A non-superuser admin must be a member of a role to create databases it owns.
@@ -348,17 +369,17 @@ impl Inner {
         template: Option<&template::TemplateInfo>,
         mark: &str,
     ) -> Result<(), BackendError> {
-        let from = template
-            .map(|t| format!(" TEMPLATE {}", quote(&t.name)))
-            .unwrap_or_default();
-        // CREATE DATABASE cannot share a simple query with anything (it would be a transaction).
-        conn.batch_execute(&format!(
-            "CREATE DATABASE {}{from} OWNER {}",
-            db.quoted(),
-            role.quoted()
-        ))
-        .await
-        .map_err(db_err)?;
+        match template {
+            Some(t) => self.clone_database(conn, db, role, t).await?,
+            None => conn
+                .batch_execute(&format!(
+                    "CREATE DATABASE {} OWNER {}",
+                    db.quoted(),
+                    role.quoted()
+                ))
+                .await
+                .map_err(db_err)?,
+        }
         conn.batch_execute(&format!(
             "REVOKE ALL ON DATABASE {d} FROM PUBLIC; COMMENT ON DATABASE {d} IS {mark};",
             d = db.quoted()
@@ -369,6 +390,25 @@ impl Inner {
             self.take_ownership(db, role).await?;
         }
         Ok(())
+    }
+
+    /// Clones `template` into `db`, owned by `owner`.
+    async fn clone_database(
+        &self,
+        conn: &tokio_postgres::Client,
+        db: &PgIdent,
+        owner: &PgIdent,
+        template: &template::TemplateInfo,
+    ) -> Result<(), BackendError> {
+        // CREATE DATABASE cannot share a simple query with anything (it would be a transaction).
+        conn.batch_execute(&format!(
+            "CREATE DATABASE {} TEMPLATE {} OWNER {}",
+            db.quoted(),
+            quote(&template.name),
+            owner.quoted()
+        ))
+        .await
+        .map_err(db_err)
     }
 
     /// Objects in a clone keep the template's owner: hand them all to the environment's role, so
@@ -837,6 +877,7 @@ fn migration_error(e: crate::sqlexec::ScriptError) -> BackendError {
 }
 
 /// A random 32-character password and its SCRAM-SHA-256 verifier; only the verifier is sent.
+/// A fresh password and its SCRAM verifier (the only form of it the server ever sees).
 fn new_password() -> (Secret, String) {
     let password = Alphanumeric.sample_string(&mut rand::rngs::OsRng, 32);
     let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());

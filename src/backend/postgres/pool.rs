@@ -1,21 +1,28 @@
 //! The warm pool: per blueprint, `pool_size` databases cloned from its template ahead of time,
-//! each with a placeholder role that already owns everything in it. Handing one out is a single
-//! round trip — rename role and database, give the role its login and password — and an empty
-//! pool falls back to cloning on demand.
+//! each with a role that already owns everything in it and carries the SCRAM verifier of a
+//! fresh password, which is sealed in the control store's pool ledger. A hand-out therefore
+//! takes one ledger row (one statement, `SKIP LOCKED`) and runs one short transaction on the
+//! target — rename role and database, give the role its login — with no catalog scan and no
+//! password hashing on the way (PostgreSQL checks every verifier it is given against the empty
+//! password, a full SCRAM derivation: that is paid at fill time). An empty pool falls back to
+//! cloning on demand.
 //!
-//! Entries are made under a `pdb_fill_…` name and renamed to `pdb_pool_…` (role and database in
-//! one transaction) once complete, so a ready entry is known by its name, and one that a crash
-//! left half-made is too (see `names`): it is dropped by the next filler of that pool, or by
-//! garbage collection once nobody holds the pool's fill lock.
+//! Entries are made under a `pdb_fill_…` name, renamed to `pdb_pool_…` (role and database in
+//! one transaction) once complete, and then entered in the ledger. What a crash leaves between
+//! those steps is told apart by name and ledger: half-made entries are dropped by the next filler
+//! of that pool (or by garbage collection once nobody holds the pool's fill lock), and the next
+//! filler also drops ready entries the ledger lacks and ledger rows whose entry is gone.
 
 use super::lock::AdvisoryLock;
-use super::{db_err, names, quote, template::TemplateInfo, Inner};
+use super::{db_err, names, quote, template::TemplateInfo, Inner, MARK_PREFIX};
 use crate::backend::{BackendError, ProvisionRequest, Secret};
 use crate::blueprint::Blueprint;
+use crate::store::{PoolEntry, StoreError};
 use postgres_protocol::escape::escape_literal;
 use rand::distributions::{Alphanumeric, DistString};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use uuid::Uuid;
 
 /// One filler per pool in this process.
 #[derive(Default)]
@@ -26,8 +33,22 @@ pub struct WarmPool {
 /// The advisory-lock namespace of pool fillers, keyed by template hash.
 pub const FILL_LOCK: &str = "pool";
 
-/// Takes a ready pool database for the environment, renaming it and its role to the
-/// environment's names. `None` when the pool is empty.
+/// Ledger rows tried per hand-out before it falls back to a clone: a row's entry may be gone
+/// (collected with its template, or dropped by a filler's repair).
+const CLAIM_ATTEMPTS: usize = 3;
+
+fn ledger_err(e: StoreError) -> BackendError {
+    match e {
+        StoreError::Unavailable(message) => BackendError::Unavailable {
+            message,
+            retry_after: None,
+        },
+        StoreError::Query(e) => BackendError::failed(format!("pool ledger: {e}")),
+    }
+}
+
+/// Takes a ready pool entry for the environment, renaming it and its role to the environment's
+/// names. `None` when the pool is empty.
 pub async fn claim(
     inner: &Inner,
     bp: &Blueprint,
@@ -39,53 +60,52 @@ pub async fn claim(
     if bp.pool_size == 0 {
         return Ok(None);
     }
-    let (password, attrs) = inner.login_attributes(req.expires_at);
-    let env_mark = escape_literal(&format!("{}{}", super::MARK_PREFIX, req.id));
-    // Candidates are tried in random order; one taken concurrently (by another request or
-    // replica) fails its rename, which rolls back that attempt only, and the next is tried.
-    let sql = format!(
-        "DO $claim$ DECLARE p text; BEGIN \
-           FOR p IN SELECT datname FROM pg_database WHERE starts_with(datname, {prefix}) \
-                    ORDER BY random() LOOP \
-             BEGIN \
-               EXECUTE format('ALTER ROLE %I RENAME TO %s', p, {role_lit}); \
-               EXECUTE format('ALTER DATABASE %I RENAME TO %s', p, {db_lit}); \
-               ALTER ROLE {role} {attrs}; \
-               COMMENT ON ROLE {role} IS {env_mark}; \
-               COMMENT ON DATABASE {db} IS {env_mark}; \
-               RETURN; \
-             EXCEPTION WHEN OTHERS THEN NULL; \
-             END; \
-           END LOOP; \
-           RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = 'previewdb: pool empty'; \
-         END $claim$",
-        prefix = escape_literal(&names::pool_prefix(bp, &tpl.hash)),
-        role_lit = escape_literal(&role.quoted()),
-        db_lit = escape_literal(&db.quoted()),
-        role = role.quoted(),
-        db = db.quoted(),
-    );
-    match inner.admin().await?.batch_execute(&sql).await {
-        Ok(()) => Ok(Some(password)),
-        Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "P0002") => Ok(None),
-        Err(e) => Err(db_err(e)),
+    let pool = names::pool_prefix(bp, &tpl.hash);
+    let mark = escape_literal(&format!("{MARK_PREFIX}{}", req.id));
+    for _ in 0..CLAIM_ATTEMPTS {
+        let Some(entry) = inner
+            .store
+            .take_pool_entry(&inner.target, &pool)
+            .await
+            .map_err(ledger_err)?
+        else {
+            return Ok(None);
+        };
+        // Sealed under another key (a deployment that changed it): the entry is useless, and
+        // the next filler drops it as one the ledger lacks.
+        let Some(password) = inner.sealer.open(entry.id, &entry.password_sealed) else {
+            continue;
+        };
+        // One implicit transaction: both renames and the login, or nothing.
+        let sql = format!(
+            "ALTER ROLE {from} RENAME TO {role}; ALTER DATABASE {from} RENAME TO {db}; \
+             ALTER ROLE {role} {login}; COMMENT ON ROLE {role} IS {mark}; \
+             COMMENT ON DATABASE {db} IS {mark}",
+            from = quote(&entry.name),
+            role = role.quoted(),
+            db = db.quoted(),
+            login = inner.login_grant(req.expires_at),
+        );
+        match inner.admin().await?.batch_execute(&sql).await {
+            Ok(()) => return Ok(Some(Secret::new(password))),
+            Err(e) => {
+                tracing::debug!(entry = %entry.name, error = %e, "pool entry not claimable");
+                if e.as_db_error().is_none() {
+                    return Err(db_err(e));
+                }
+            }
+        }
     }
+    Ok(None)
 }
 
+/// The ready entries of a pool, as the ledger knows them.
 pub async fn ready_count(inner: &Inner, bp: &Blueprint, hash: &str) -> usize {
-    let count = async {
-        let row = inner
-            .admin()
-            .await?
-            .query_one(
-                "SELECT count(*) FROM pg_database WHERE starts_with(datname, $1)",
-                &[&names::pool_prefix(bp, hash)],
-            )
-            .await
-            .map_err(db_err)?;
-        Ok::<i64, BackendError>(row.get(0))
-    };
-    count.await.unwrap_or(0) as usize
+    inner
+        .store
+        .count_pool_entries(&inner.target, &names::pool_prefix(bp, hash))
+        .await
+        .unwrap_or(0) as usize
 }
 
 pub fn refill_in_background(inner: Arc<Inner>, bp: Arc<Blueprint>, tpl: TemplateInfo) {
@@ -121,6 +141,12 @@ pub async fn fill(
         Err(_) if wait => filler.lock().await,
         Err(_) => return Ok(()),
     };
+    let size = bp.pool_size as usize;
+    // A refill after a hand-out from a pool others keep full costs one ledger count, not a
+    // session of its own for the lock.
+    if !wait && ready_count(inner, bp, &tpl.hash).await >= size {
+        return Ok(());
+    }
     let _lock = if wait {
         AdvisoryLock::acquire(inner, FILL_LOCK, &tpl.hash).await?
     } else {
@@ -130,7 +156,7 @@ pub async fn fill(
         }
     };
     retire(inner, bp, tpl).await?;
-    while ready_count(inner, bp, &tpl.hash).await < bp.pool_size as usize {
+    while ready_count(inner, bp, &tpl.hash).await < size {
         // Each clone is heavy work: it waits for its place in the target's queue.
         let _slot = inner.queue.admit_background().await;
         add_entry(inner, bp, tpl).await?;
@@ -138,8 +164,10 @@ pub async fn fill(
     Ok(())
 }
 
-/// Drops this blueprint's entries of other hashes, and half-made entries of this one (we hold
-/// the fill lock, so nobody is making them).
+/// Drops this blueprint's entries of other hashes and half-made entries of this one (we hold
+/// the fill lock, so nobody is making them), and brings ledger and target back in step: ready
+/// entries the ledger lacks (a filler died before entering one, or a hand-out before renaming
+/// the one it took) are dropped, and so are rows whose entry is gone.
 async fn retire(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(), BackendError> {
     let rows = inner
         .admin()
@@ -152,12 +180,18 @@ async fn retire(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(),
         )
         .await
         .map_err(db_err)?;
+    // Several targets may name one cluster: an entry is only unknown when no target's rows
+    // name it, but this target repairs only its own rows.
+    let rows_of_all = inner.store.pool_entry_names().await.map_err(ledger_err)?;
+    let ledger: HashSet<&str> = rows_of_all.iter().map(|(_, n)| n.as_str()).collect();
     let this_bp = Some(names::pool_blueprint(bp));
+    let this_pool = names::pool_prefix(bp, &tpl.hash);
+    let mut present = HashSet::new();
     for row in rows {
         let name: String = row.get(0);
         let retired = match names::kind(&name) {
-            Some(names::Kind::Pool { blueprint, hash }) => {
-                Some(&blueprint) == this_bp.as_ref() && hash != tpl.hash
+            Some(names::Kind::Pool { blueprint, hash }) if Some(&blueprint) == this_bp.as_ref() => {
+                hash != tpl.hash || !ledger.contains(name.as_str())
             }
             Some(names::Kind::Fill { blueprint, hash }) => {
                 Some(&blueprint) == this_bp.as_ref() && hash == tpl.hash
@@ -166,7 +200,23 @@ async fn retire(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(),
         };
         if retired {
             drop_entry(inner, &name).await?;
+        } else {
+            present.insert(name);
         }
+    }
+    let gone: Vec<String> = rows_of_all
+        .iter()
+        .filter(|(target, name)| {
+            *target == inner.target && name.starts_with(&this_pool) && !present.contains(name)
+        })
+        .map(|(_, name)| name.clone())
+        .collect();
+    if !gone.is_empty() {
+        inner
+            .store
+            .remove_pool_entries(&inner.target, &gone)
+            .await
+            .map_err(ledger_err)?;
     }
     Ok(())
 }
@@ -181,39 +231,53 @@ async fn add_entry(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<
         .sample_string(&mut rand::rngs::OsRng, 8)
         .to_ascii_lowercase();
     let (filling, ready) = names::pool_entry(bp, &tpl.hash, &suffix);
-    match make_entry(inner, tpl, &filling, &ready).await {
-        Ok(()) => Ok(()),
+    let password = match make_entry(inner, tpl, &filling, &ready).await {
+        Ok(password) => password,
         Err(e) => {
             let _ = drop_entry(inner, &filling).await;
-            Err(e)
+            return Err(e);
         }
+    };
+    let id = Uuid::new_v4();
+    let entry = PoolEntry {
+        password_sealed: inner.sealer.seal(id, password.expose()),
+        id,
+        name: ready,
+    };
+    let pool = names::pool_prefix(bp, &tpl.hash);
+    if let Err(e) = inner
+        .store
+        .add_pool_entry(&inner.target, &pool, &entry)
+        .await
+    {
+        let _ = drop_entry(inner, &entry.name).await;
+        return Err(ledger_err(e));
     }
+    Ok(())
 }
 
+/// Clones the template into a `filling` entry whose role owns everything in it and has a fresh
+/// password (but no login yet), then renames both to `ready`. Answers the password.
 async fn make_entry(
     inner: &Inner,
     tpl: &TemplateInfo,
     filling: &str,
     ready: &str,
-) -> Result<(), BackendError> {
+) -> Result<Secret, BackendError> {
     let admin = inner.admin().await?;
     let name = crate::domain::PgIdent::parse(filling).expect("a valid pool name");
+    let (password, verifier) = super::new_password();
     admin
         .batch_execute(&format!(
-            "CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS",
-            name.quoted()
+            "CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS \
+             PASSWORD {}",
+            name.quoted(),
+            escape_literal(&verifier)
         ))
         .await
         .map_err(db_err)?;
     inner.grant_membership(&admin, &name).await?;
-    admin
-        .batch_execute(&format!(
-            "CREATE DATABASE {n} TEMPLATE {t} OWNER {n}",
-            n = name.quoted(),
-            t = quote(&tpl.name)
-        ))
-        .await
-        .map_err(db_err)?;
+    inner.clone_database(&admin, &name, &name, tpl).await?;
     admin
         .batch_execute(&format!(
             "REVOKE ALL ON DATABASE {} FROM PUBLIC",
@@ -227,5 +291,6 @@ async fn make_entry(
         f = name.quoted(),
         r = quote(ready)
     );
-    super::rename_when_free(&admin, filling, &promote).await
+    super::rename_when_free(&admin, filling, &promote).await?;
+    Ok(password)
 }
