@@ -25,3 +25,9 @@ CREATE TABLE target_usage (
 INSERT INTO target_usage (target, live)
     SELECT target, count(*) FROM environments
     WHERE state IN ('provisioning', 'ready', 'deleting') GROUP BY target;
+
+-- A delete answers once the environment is closed; its data may still be dropped after that
+-- (`teardown_pending` on a `deleted` record). The reconciler looks for such work on every pass.
+CREATE INDEX environments_unfinished ON environments (id)
+    WHERE state IN ('provisioning', 'deleting')
+       OR (state IN ('failed', 'deleted') AND teardown_pending);

@@ -59,6 +59,8 @@ enum RawTarget {
         max_queued: Option<usize>,
         provision_timeout: Option<String>,
         max_environment_bytes: Option<ByteSize>,
+        clone_strategy: Option<String>,
+        file_copy_above: Option<ByteSize>,
     },
     Neon(Box<NeonTargetConfig>),
 }
@@ -194,6 +196,32 @@ pub struct PostgresTargetConfig {
     pub provision_timeout: Option<Duration>,
     /// Size above which an environment is locked (login refused); `None` for no quota.
     pub max_environment_bytes: Option<u64>,
+    /// How templates are cloned (`CREATE DATABASE … STRATEGY`, PostgreSQL 15 and later).
+    pub clone_strategy: CloneStrategy,
+}
+
+/// `WAL_LOG` copies a template page by page through the write-ahead log: no checkpoint, but
+/// WAL as big as the template. `FILE_COPY` copies its files: two checkpoints whatever the size,
+/// then a plain file copy. `Auto` takes `FILE_COPY` for templates above the given size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloneStrategy {
+    Auto { file_copy_above: u64 },
+    WalLog,
+    FileCopy,
+}
+
+impl CloneStrategy {
+    /// The default threshold of `Auto` (see the README's "Performance").
+    pub const FILE_COPY_ABOVE: u64 = 64 << 20;
+
+    /// The `STRATEGY` for a template of `size` bytes.
+    pub fn for_size(self, size: u64) -> &'static str {
+        match self {
+            Self::Auto { file_copy_above } if size > file_copy_above => "FILE_COPY",
+            Self::Auto { .. } | Self::WalLog => "WAL_LOG",
+            Self::FileCopy => "FILE_COPY",
+        }
+    }
 }
 
 /// A size in bytes: an integer, or a string such as `"500MB"` or `"2GiB"`.
@@ -408,6 +436,8 @@ impl Config {
                     max_queued,
                     provision_timeout,
                     max_environment_bytes,
+                    clone_strategy,
+                    file_copy_above,
                 } => {
                     let admin_url = admin_url_env
                         .as_deref()
@@ -435,6 +465,20 @@ impl Config {
                             .map(|v| duration(&format!("{at}.provision_timeout"), &v))
                             .transpose()?,
                         max_environment_bytes: max_environment_bytes.map(ByteSize::bytes),
+                        clone_strategy: match (clone_strategy.as_deref(), file_copy_above) {
+                            (None | Some("auto"), above) => CloneStrategy::Auto {
+                                file_copy_above: above
+                                    .map_or(CloneStrategy::FILE_COPY_ABOVE, ByteSize::bytes),
+                            },
+                            (Some(_), Some(_)) => bail!(
+                                "{at}.file_copy_above: only with clone_strategy = \"auto\""
+                            ),
+                            (Some("wal_log"), None) => CloneStrategy::WalLog,
+                            (Some("file_copy"), None) => CloneStrategy::FileCopy,
+                            (Some(other), None) => bail!(
+                                "{at}.clone_strategy: {other:?} is none of \"auto\", \"wal_log\", \"file_copy\""
+                            ),
+                        },
                     })
                 }
                 RawTarget::Neon(n) => {
@@ -567,6 +611,48 @@ mod tests {
         assert_eq!(c.default_target, "local");
         assert_eq!(c.default_ttl.to_string(), "2d");
         assert_eq!(c.max_ttl.to_string(), "14d");
+    }
+
+    #[test]
+    fn clone_strategy_is_chosen_by_template_size_unless_fixed() {
+        let strategy = |extra: &str| {
+            let text = format!(
+                "control_url = \"postgres://u@h/db\"\nencryption_key = \"{KEY}\"\n\
+                 [targets.local]\nkind = \"postgres\"\nadmin_url = \"postgres://a@h/postgres\"\n\
+                 public_host = \"h\"\n{extra}"
+            );
+            Config::parse(&text, Path::new(".")).map(|c| match &c.targets["local"] {
+                TargetConfig::Postgres(pg) => pg.clone_strategy,
+                _ => unreachable!(),
+            })
+        };
+        let auto = strategy("").unwrap();
+        assert_eq!(auto.for_size(8 << 20), "WAL_LOG");
+        assert_eq!(
+            auto.for_size(CloneStrategy::FILE_COPY_ABOVE + 1),
+            "FILE_COPY"
+        );
+        let small = strategy("file_copy_above = \"1MB\"").unwrap();
+        assert_eq!(small.for_size(8 << 20), "FILE_COPY");
+        assert_eq!(
+            strategy("clone_strategy = \"wal_log\"")
+                .unwrap()
+                .for_size(u64::MAX),
+            "WAL_LOG"
+        );
+        assert_eq!(
+            strategy("clone_strategy = \"file_copy\"")
+                .unwrap()
+                .for_size(1),
+            "FILE_COPY"
+        );
+        for bad in [
+            "clone_strategy = \"copy\"",
+            "clone_strategy = \"wal_log\"\nfile_copy_above = 5",
+        ] {
+            let e = format!("{:#}", strategy(bad).unwrap_err());
+            assert!(e.contains("targets.local."), "{bad}: {e}");
+        }
     }
 
     #[test]

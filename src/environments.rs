@@ -425,7 +425,8 @@ impl Environments {
                 &lease,
             )
             .await;
-        lease.release().await;
+        // Released after the answer: until then the next call for this key waits (here or on another replica).
+        tokio::spawn(lease.release());
         outcome
     }
 
@@ -636,9 +637,11 @@ impl Environments {
         Ok(self.store.list(filter).await?)
     }
 
-    /// Revokes, disconnects and drops; answers the tombstone, also for an already deleted one.
-    /// A create, reset or migrate of the key still running is stopped first.
-    pub async fn delete(self: &Arc<Self>, reference: &str) -> Result<Env> {
+    /// Revokes the credentials and ends the sessions, then answers the tombstone (also for an
+    /// already deleted one); the data is dropped right after, or before the answer with
+    /// `wait_for_data` (the tombstone's `purged`). A create, reset or migrate of the key still
+    /// running is stopped first.
+    pub async fn delete(self: &Arc<Self>, reference: &str, wait_for_data: bool) -> Result<Env> {
         let this = self.clone();
         let reference = reference.to_owned();
         join(tokio::spawn(async move {
@@ -646,7 +649,8 @@ impl Environments {
                 let record = this.find(&reference).await?;
                 this.leases.cancel(&record.key).await?;
                 let deadline = Deadline::after(this.target(&record.target)?.provision_timeout);
-                this.delete_leased(record.id, &record.key, &deadline).await
+                this.delete_leased(record.id, &record.key, &deadline, wait_for_data)
+                    .await
             }
             .await;
             this.count(Operation::Delete, result.as_ref().map(|_| "ok"));
@@ -657,20 +661,28 @@ impl Environments {
 
     /// Deletes under the key's lease; `true` if this call tore the environment down, `false` if
     /// it was already deleted.
-    async fn delete_leased(&self, id: Uuid, key: &str, deadline: &Deadline) -> Result<(Env, bool)> {
+    async fn delete_leased(
+        self: &Arc<Self>,
+        id: Uuid,
+        key: &str,
+        deadline: &Deadline,
+        wait_for_data: bool,
+    ) -> Result<(Env, bool)> {
         let lease = self.leases.acquire(key, Purpose::Delete, deadline).await?;
-        let outcome = self.delete_record(id, None, deadline).await;
-        lease.release().await;
+        let outcome = self.delete_record(id, None, deadline, wait_for_data).await;
+        // Released after the answer: until then the next call for this key waits (here or on another replica).
+        tokio::spawn(lease.release());
         outcome
     }
 
     /// Tears down record `id` (the caller holds its key's lease). With `expired_by`, only if it
     /// is still ready and expired at that moment: an extend may have come first.
     async fn delete_record(
-        &self,
+        self: &Arc<Self>,
         id: Uuid,
         expired_by: Option<chrono::DateTime<Utc>>,
         deadline: &Deadline,
+        wait_for_data: bool,
     ) -> Result<(Env, bool)> {
         let record = self
             .store
@@ -679,38 +691,78 @@ impl Environments {
             .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
         let spared =
             expired_by.is_some_and(|now| record.state != State::Ready || record.expires_at > now);
-        if record.state == State::Deleted || spared {
-            let env = Env {
-                record,
-                password: None,
-            };
-            return Ok((env, false));
-        }
-        if record.state != State::Failed {
-            self.store.mark_deleting(id).await?;
-        }
-        let teardown = self
-            .target(&record.target)?
-            .backend
-            .teardown(&record.resources);
-        deadline.run(teardown).await.map_err(|e| {
-            // Left `deleting`: the reconciler finishes it.
+        let backend = &self.target(&record.target)?.backend;
+        let late = |e| {
+            // Left as it is: the reconciler finishes it.
             ServiceError::DeadlineExceeded(format!(
                 "the teardown did not finish in time ({e}); it will be retried"
             ))
-        })??;
-        self.store.mark_deleted(id).await?;
-        tracing::info!(env = %id, "environment deleted");
-        let record = self
-            .store
-            .get_by_id(id)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+        };
+        let tore_down = match record.state {
+            // Closed already; its data may still be going.
+            State::Deleted if record.teardown_pending && wait_for_data => {
+                deadline
+                    .run(backend.teardown(&record.resources))
+                    .await
+                    .map_err(late)??;
+                self.store.mark_cleaned(id).await?;
+                false
+            }
+            State::Deleted => false,
+            _ if spared => false,
+            state => {
+                if state != State::Failed {
+                    self.store.mark_deleting(id).await?;
+                }
+                let closing = async {
+                    match wait_for_data {
+                        true => backend.teardown(&record.resources).await.map(|()| false),
+                        false => backend.lock_out(&record.resources).await,
+                    }
+                };
+                if deadline.run(closing).await.map_err(late)?? {
+                    self.store.mark_deleted_pending(id).await?;
+                    self.purge_in_background(record.clone());
+                } else {
+                    self.store.mark_deleted(id).await?;
+                }
+                tracing::info!(env = %id, "environment deleted");
+                true
+            }
+        };
+        let record = match tore_down || wait_for_data {
+            true => self
+                .store
+                .get_by_id(id)
+                .await?
+                .ok_or_else(|| ServiceError::NotFound(id.to_string()))?,
+            false => record,
+        };
         let env = Env {
             record,
             password: None,
         };
-        Ok((env, true))
+        Ok((env, tore_down))
+    }
+
+    /// Drops what a delete left of `record` (already closed to everyone). Should this fail or
+    /// the process stop, the record stays `teardown_pending` and the reconciler finishes it.
+    fn purge_in_background(self: &Arc<Self>, record: EnvRecord) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let outcome = async {
+                let backend = &this.target(&record.target)?.backend;
+                backend.teardown(&record.resources).await?;
+                this.store.mark_cleaned(record.id).await?;
+                Ok::<(), ServiceError>(())
+            };
+            match outcome.await {
+                Ok(()) => tracing::info!(env = %record.id, "environment data dropped"),
+                Err(e) => {
+                    tracing::warn!(env = %record.id, error = %e, "data of a deleted environment not dropped yet; it will be retried")
+                }
+            }
+        });
     }
 
     /// Runs `op` on a ready environment under its key's lease, and counts it as `operation`.
@@ -918,7 +970,9 @@ impl Environments {
             let outcome = join(tokio::spawn(async move {
                 let deadline = Deadline::after(this.target(&target)?.provision_timeout);
                 let lease = this.leases.acquire(&key, Purpose::Sweep, &deadline).await?;
-                let result = this.delete_record(id, Some(Utc::now()), &deadline).await;
+                let result = this
+                    .delete_record(id, Some(Utc::now()), &deadline, false)
+                    .await;
                 lease.release().await;
                 match &result {
                     Ok((_, true)) => this.metrics.swept(true),
@@ -980,7 +1034,7 @@ impl Environments {
                     .await?
             }
             State::Deleting => self.finish_delete(&rec).await?,
-            State::Failed if rec.teardown_pending => {
+            State::Failed | State::Deleted if rec.teardown_pending => {
                 target.backend.teardown(&rec.resources).await?;
                 self.store.mark_cleaned(rec.id).await?;
             }

@@ -855,3 +855,96 @@ async fn a_tenant_changing_its_password_does_not_lock_previewdb_out() {
         assert_eq!(status, StatusCode::OK, "{reset}");
     }
 }
+
+/// Issue 8: a DELETE answers as soon as nobody can reach the environment — its password
+/// refused, its open sessions ended, its database closed to everyone — and the data follows: at
+/// once with `?wait=true`, else a moment later, also when the replica is killed right after
+/// answering (the restarted one finishes it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_answers_once_the_environment_is_closed_and_the_data_follows() {
+    let cluster = cluster().await;
+    let opts = ServeOptions {
+        top: "upkeep_interval = \"1s\"".into(),
+        ..Default::default()
+    };
+    let mut replica = Replica::start(cluster.clone(), &opts).await;
+    let control = admin(&cluster, "previewdb").await;
+    let target = admin(&cluster, "postgres").await;
+    for (key, query, kill) in [
+        ("closed/async", "", false),
+        ("closed/wait", "?wait=true", false),
+        ("closed/killed", "", true),
+    ] {
+        let (status, env) = replica
+            .post("/v1/environments", json!({ "key": key, "blueprint": "" }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{env}");
+        let session = connect(&uri(&env)).await.unwrap();
+        session
+            .batch_execute("CREATE TABLE t (n int)")
+            .await
+            .unwrap();
+        // Raw, not `replica.delete`: that one waits for the purge.
+        let (status, gone) = replica
+            .call(
+                reqwest::Method::DELETE,
+                &format!("{}{query}", env_path(key)),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, &gone["state"]),
+            (StatusCode::OK, &json!("deleted")),
+            "{gone}"
+        );
+        if kill {
+            replica.kill();
+        }
+        // Before the answer: the password is refused, the open session is gone …
+        assert!(
+            connect(&uri(&env)).await.is_err(),
+            "{key}: login still works"
+        );
+        assert!(
+            session.simple_query("SELECT 1").await.is_err(),
+            "{key}: a session survived the delete"
+        );
+        // … and the database, if still there, is closed to every login.
+        let open: Option<bool> = target
+            .query_opt(
+                "SELECT datallowconn FROM pg_database WHERE datname = $1",
+                &[&user(&env)],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        assert_ne!(open, Some(true), "{key}: database still open");
+        if query.contains("wait") {
+            assert_eq!(gone["purged"], true, "{gone}");
+            assert_eq!(exists(&cluster, &user(&env)).await, (false, false));
+            continue;
+        }
+        let pending: bool = control
+            .query_one(
+                "SELECT teardown_pending FROM environments WHERE id = $1::text::uuid",
+                &[&gone["id"].as_str().unwrap()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        println!("{key}: data still to drop after the answer: {pending}");
+        if kill {
+            replica.restart().await;
+        }
+        let give_up = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, now) = replica.get(&env_path(gone["id"].as_str().unwrap())).await;
+            if now["purged"] == true {
+                break;
+            }
+            assert!(Instant::now() < give_up, "{key}: never purged: {now}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(exists(&cluster, &user(&env)).await, (false, false), "{key}");
+    }
+}

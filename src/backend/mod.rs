@@ -211,6 +211,15 @@ pub trait Backend: Send + Sync {
     /// Revokes credentials, ends sessions and removes the data. Idempotent.
     async fn teardown(&self, resources: &Resources) -> Result<(), BackendError>;
 
+    /// The first half of a teardown, for a delete that answers before the data is gone:
+    /// nobody can reach the environment any more (credentials revoked, sessions ended) when
+    /// this returns. Answers whether data is left for a `teardown` to remove; the default is a
+    /// whole teardown, leaving nothing.
+    async fn lock_out(&self, resources: &Resources) -> Result<bool, BackendError> {
+        self.teardown(resources).await?;
+        Ok(false)
+    }
+
     /// Moves the credentials' expiry along with the environment's.
     async fn extend(
         &self,

@@ -138,6 +138,10 @@ pub struct EnvView {
     /// The size last measured by the quota watchdog.
     #[serde(skip_serializing_if = "Option::is_none")]
     size_bytes: Option<i64>,
+    /// Of a deleted or failed environment: whether nothing of it is left on the target. A
+    /// delete answers once nobody can reach the environment; its data may go a moment later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    purged: Option<bool>,
 }
 
 impl From<Env> for EnvView {
@@ -172,6 +176,8 @@ impl From<Env> for EnvView {
             locked: r.lock_reason.is_some(),
             lock_reason: r.lock_reason,
             size_bytes: r.size_bytes,
+            purged: matches!(r.state, State::Deleted | State::Failed)
+                .then_some(!r.teardown_pending),
         }
     }
 }
@@ -279,13 +285,22 @@ pub async fn get(
     Ok(Json(state.envs.get(&reference, q.reveal).await?.into()))
 }
 
+#[derive(Deserialize)]
+pub struct DeleteQuery {
+    /// Answer only once the data is dropped too (`purged: true`), not as soon as nobody can
+    /// reach the environment any more.
+    #[serde(default)]
+    wait: bool,
+}
+
 pub async fn delete(
     AxState(state): AxState<AppState>,
     caller: Caller,
     ApiPath(reference): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> Result<Json<EnvView>, ApiError> {
     caller.require(Scope::Delete)?;
-    Ok(Json(state.envs.delete(&reference).await?.into()))
+    Ok(Json(state.envs.delete(&reference, q.wait).await?.into()))
 }
 
 #[derive(Deserialize)]

@@ -46,6 +46,11 @@ const COLUMNS: &str = "id, key, target, isolation, blueprint, blueprint_hash, se
     error, resources, teardown_pending, connection, password_sealed, labels, created_at, updated_at, \
     expires_at, deleted_at, size_bytes, lock_reason";
 
+/// Records with work left: a provision or deletion under way (or interrupted), or a teardown
+/// still to do. The same predicate as the partial index `environments_unfinished`.
+const UNFINISHED: &str = "state IN ('provisioning', 'deleting') \
+    OR (state IN ('failed', 'deleted') AND teardown_pending)";
+
 /// `update` (of one environment, to a state that is not live) with the target's live count
 /// taken down when, and only when, the row was live before: one statement, so the count
 /// cannot drift from the rows.
@@ -176,6 +181,20 @@ impl Store {
         self.exec(
             &leaving_live(
                 "UPDATE environments SET state = 'deleted', teardown_pending = false, \
+                 password_sealed = NULL, deleted_at = coalesce(deleted_at, now()), \
+                 updated_at = now() WHERE id = $1",
+            ),
+            &[&id],
+        )
+        .await
+    }
+
+    /// Deleted, but with data left on the target for a teardown to drop (see
+    /// `Backend::lock_out`): the reconciler finishes it should this process stop first.
+    pub async fn mark_deleted_pending(&self, id: Uuid) -> Result<()> {
+        self.exec(
+            &leaving_live(
+                "UPDATE environments SET state = 'deleted', teardown_pending = true, \
                  password_sealed = NULL, deleted_at = coalesce(deleted_at, now()), \
                  updated_at = now() WHERE id = $1",
             ),
@@ -337,10 +356,7 @@ impl Store {
     /// Rows that may have left something behind: interrupted provisions and teardowns, and
     /// failures whose clean-up did not complete.
     pub async fn unfinished(&self) -> Result<Vec<EnvRecord>> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM environments WHERE state IN ('provisioning', 'deleting') \
-             OR (state = 'failed' AND teardown_pending)"
-        );
+        let sql = format!("SELECT {COLUMNS} FROM environments WHERE {UNFINISHED}");
         self.query(&sql, &[]).await
     }
 

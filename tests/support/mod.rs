@@ -147,9 +147,18 @@ impl TestApp {
         self.call(Method::GET, path, Some(ADMIN_TOKEN), None).await
     }
 
+    /// DELETE, then wait (bounded) for the data to be dropped too, so that what follows may
+    /// look for it in PostgreSQL; answers the DELETE's own answer.
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::DELETE, path, Some(ADMIN_TOKEN), None)
-            .await
+        let answer = self
+            .call(Method::DELETE, path, Some(ADMIN_TOKEN), None)
+            .await;
+        let app = self;
+        until_purged(&answer, |id| async move {
+            app.get(&format!("/v1/environments/{id}")).await.1
+        })
+        .await;
+        answer
     }
 
     /// Creates an environment and insists on success.
@@ -265,4 +274,31 @@ pub fn metric_series(samples: &[Sample], name: &str) -> BTreeMap<String, f64> {
             (key, *v)
         })
         .collect()
+}
+
+/// Polls (for at most a minute) until the deleted environment of `answer` says `purged`; a
+/// DELETE answers before the data is dropped. Does nothing for an answer that is no tombstone.
+pub async fn until_purged<F, Fut>(answer: &(StatusCode, Value), get: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Value>,
+{
+    let (status, body) = answer;
+    if *status != StatusCode::OK || body["state"] != "deleted" {
+        return;
+    }
+    let id = body["id"]
+        .as_str()
+        .expect("a tombstone has an id")
+        .to_owned();
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut env = body.clone();
+    while env["purged"] != true {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "data of a deleted environment still not dropped: {env}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        env = get(id.clone()).await;
+    }
 }

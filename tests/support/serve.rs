@@ -162,8 +162,14 @@ impl Replica {
         self.call(Method::GET, path, None).await
     }
 
+    /// DELETE, then wait (bounded) for the data to be dropped too (see `until_purged`).
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::DELETE, path, None).await
+        let answer = self.call(Method::DELETE, path, None).await;
+        super::until_purged(&answer, |id| async move {
+            self.get(&format!("/v1/environments/{id}")).await.1
+        })
+        .await;
+        answer
     }
 }
 

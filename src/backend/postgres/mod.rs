@@ -82,6 +82,9 @@ struct Inner {
     /// Teardowns running at once: each opens connections of its own (one per database it must
     /// enter), so a burst of deletes must not exhaust the server's connection slots.
     teardowns: tokio::sync::Semaphore,
+    /// Guarded admin sessions (see `connect_guarded`) kept open for what a delete waits for:
+    /// no session set-up on that path, and its size bounds how many run at once.
+    guarded: Pool,
     builder_password: Secret,
     build_timeout: Duration,
     orphan_grace: Duration,
@@ -96,6 +99,12 @@ impl PostgresBackend {
     pub fn new(cfg: PostgresTargetConfig, settings: ServiceSettings) -> anyhow::Result<Self> {
         let admin_server = PgConnector::parse(&cfg.admin_url)?;
         let admin = admin_server.pool(16)?;
+        let guarded = teardown::GUARDED_SETTINGS
+            .iter()
+            .fold(admin_server.clone(), |server, (name, value)| {
+                server.with_setting(name, value)
+            })
+            .pool(TEARDOWNS_AT_ONCE)?;
         let queue = WorkQueue::new(cfg.max_concurrent_provisions, cfg.max_queued);
         let migration_queue = WorkQueue::new(cfg.max_concurrent_provisions, cfg.max_queued);
         Ok(Self {
@@ -110,6 +119,7 @@ impl PostgresBackend {
                 queue,
                 migration_queue,
                 teardowns: tokio::sync::Semaphore::new(TEARDOWNS_AT_ONCE),
+                guarded,
                 builder_password: settings.builder_password,
                 orphan_grace: settings.orphan_grace,
                 target: settings.target,
@@ -400,9 +410,18 @@ impl Inner {
         owner: &PgIdent,
         template: &template::TemplateInfo,
     ) -> Result<(), BackendError> {
+        let strategy = match self.server().await?.major {
+            15.. => format!(
+                " STRATEGY {}",
+                self.cfg
+                    .clone_strategy
+                    .for_size(template.size_bytes.max(0) as u64)
+            ),
+            _ => String::new(),
+        };
         // CREATE DATABASE cannot share a simple query with anything (it would be a transaction).
         conn.batch_execute(&format!(
-            "CREATE DATABASE {} TEMPLATE {} OWNER {}",
+            "CREATE DATABASE {} TEMPLATE {} OWNER {}{strategy}",
             db.quoted(),
             quote(&template.name),
             owner.quoted()
@@ -604,6 +623,19 @@ impl Backend for PostgresBackend {
         let env = names(resources)?;
         let _slot = self.inner.teardowns.acquire().await;
         self.inner.remove(&env).await
+    }
+
+    /// A database's own environment is closed and its role locked out at once; dropping the
+    /// database waits for a checkpoint (PostgreSQL 15 forces one per `DROP DATABASE`), so that
+    /// is left for `teardown`. A schema goes at once: nothing there waits for a checkpoint.
+    async fn lock_out(&self, resources: &Resources) -> Result<bool, BackendError> {
+        let env = names(resources)?;
+        if env.in_schema {
+            self.teardown(resources).await?;
+            return Ok(false);
+        }
+        self.inner.close(&env.db, &env.role).await?;
+        Ok(true)
     }
 
     async fn extend(

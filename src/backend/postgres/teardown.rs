@@ -61,6 +61,24 @@ impl Inner {
         drop_role(self, role.as_str()).await
     }
 
+    /// What a delete waits for: the role locked out and its database closed to everyone
+    /// (grants revoked, connections refused, sessions ended). The data goes with `teardown`.
+    pub(super) async fn close(&self, db: &PgIdent, role: &PgIdent) -> Result<(), BackendError> {
+        let conn = self
+            .guarded
+            .get()
+            .await
+            .map_err(|e| BackendError::Unavailable {
+                message: crate::pgconn::describe(&e),
+                retry_after: None,
+            })?;
+        lock_out(self, &conn, role.as_str()).await?;
+        if database_exists(&conn, db.as_str()).await? {
+            close_database(&conn, db.as_str()).await?;
+        }
+        Ok(())
+    }
+
     /// Lock-out, the schema and what the role owns in the shared database, the role. The
     /// shared database's other sessions are the neighbours' and are left alone.
     pub(super) async fn teardown_schema(
@@ -136,27 +154,9 @@ pub(super) async fn drop_database(inner: &Inner, name: &str) -> Result<(), Backe
     if !database_exists(&conn, name).await? {
         return Ok(());
     }
-    let grantees = conn
-        .query(
-            "SELECT DISTINCT (SELECT rolname FROM pg_roles r WHERE r.oid = a.grantee) \
-             FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = $1",
-            &[&name],
-        )
-        .await
-        .map_err(|e| step(&format!("read the privileges on database {name}"), e))?;
-    let d = quote(name);
-    // Whoever the owner let in (another environment's role, PUBLIC) could otherwise connect
-    // again between the sessions' end and the drop, and prepare a transaction there.
-    for g in grantees {
-        let grantee = g
-            .get::<_, Option<String>>(0)
-            .map_or("PUBLIC".into(), |r| quote(&r));
-        conn.batch_execute(&format!("REVOKE ALL ON DATABASE {d} FROM {grantee}"))
-            .await
-            .map_err(|e| step(&format!("close database {name}"), e))?;
-    }
-    terminate(&conn, "datname = $1", name).await?;
+    close_database(&conn, name).await?;
     rollback_prepared(inner, &conn, Some(name), None).await?;
+    let d = quote(name);
     // The flags first: a template cannot be dropped, and RESET ALL is only about later admin
     // sessions in it (the guarded settings override them in any case).
     conn.batch_execute(&format!(
@@ -168,6 +168,34 @@ pub(super) async fn drop_database(inner: &Inner, name: &str) -> Result<(), Backe
     conn.batch_execute(&format!("DROP DATABASE IF EXISTS {d} WITH (FORCE)"))
         .await
         .map_err(|e| step(&format!("drop database {name}"), e))
+}
+
+/// Closes database `name` to everyone and ends its sessions. Whoever the owner let in
+/// (another environment's role, PUBLIC) could otherwise connect again before the drop, read
+/// what is there, or prepare a transaction.
+async fn close_database(conn: &Client, name: &str) -> Result<(), BackendError> {
+    let grantees = conn
+        .query(
+            "SELECT DISTINCT (SELECT rolname FROM pg_roles r WHERE r.oid = a.grantee) \
+             FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| step(&format!("read the privileges on database {name}"), e))?;
+    let d = quote(name);
+    for g in grantees {
+        let grantee = g
+            .get::<_, Option<String>>(0)
+            .map_or("PUBLIC".into(), |r| quote(&r));
+        conn.batch_execute(&format!("REVOKE ALL ON DATABASE {d} FROM {grantee}"))
+            .await
+            .map_err(|e| step(&format!("close database {name}"), e))?;
+    }
+    // Not even a superuser's session may start there now.
+    conn.batch_execute(&format!("ALTER DATABASE {d} ALLOW_CONNECTIONS false"))
+        .await
+        .map_err(|e| step(&format!("close database {name}"), e))?;
+    terminate(conn, "datname = $1", name).await
 }
 
 /// Drops role `name` and everything it owns or was granted anywhere on the cluster; nothing

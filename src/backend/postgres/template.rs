@@ -33,6 +33,8 @@ pub struct TemplateInfo {
     pub name: String,
     pub hash: String,
     pub warnings: Vec<String>,
+    /// On disk, which decides how it is best cloned (see `CloneStrategy`).
+    pub size_bytes: i64,
 }
 
 #[derive(Default)]
@@ -178,11 +180,13 @@ async fn existing(inner: &Inner, name: &str) -> Result<Option<TemplateInfo>, Bac
         .admin()
         .await?
         .query_opt(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1 AND datistemplate",
+            "SELECT shobj_description(oid, 'pg_database'), pg_database_size(oid) FROM pg_database \
+             WHERE datname = $1 AND datistemplate",
             &[&name],
         )
         .await
         .map_err(db_err)?;
+    let size_bytes: i64 = row.as_ref().map_or(0, |r| r.get(1));
     let comment: Option<String> = row.and_then(|r| r.get(0));
     let mark = comment
         .as_deref()
@@ -192,6 +196,7 @@ async fn existing(inner: &Inner, name: &str) -> Result<Option<TemplateInfo>, Bac
         name: name.to_owned(),
         hash: m.hash,
         warnings: m.warnings,
+        size_bytes,
     }))
 }
 
@@ -353,10 +358,16 @@ async fn build(
         m = escape_literal(&mark)
     );
     super::rename_when_free(&admin, name, &finish).await?;
+    let size_bytes: i64 = admin
+        .query_one("SELECT pg_database_size($1::text)", &[&final_name])
+        .await
+        .map_err(db_err)?
+        .get(0);
     Ok(TemplateInfo {
         name: final_name.to_owned(),
         hash: hash.to_owned(),
         warnings,
+        size_bytes,
     })
 }
 
