@@ -6,8 +6,14 @@ use crate::environments::Environments;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Set to anything but `0` to start without warming blueprints: the benchmark times a first,
+/// cold template build, which warming at start would already have done.
+pub const NO_WARM_UP_ENV: &str = "PREVIEWDB_NO_WARM_UP";
+
 pub async fn run(envs: Arc<Environments>, interval: Duration) {
-    tokio::spawn(warm_up(envs.clone()));
+    if std::env::var_os(NO_WARM_UP_ENV).is_none_or(|v| v == "0") {
+        tokio::spawn(warm_up(envs.clone()));
+    }
     loop {
         match envs.enforce_quotas().await {
             Ok(0) => {}
