@@ -13,7 +13,8 @@
 //! `…_STRATEGY` (raw clones per strategy), `…_SECS` (seconds per load level),
 //! `…_LEVELS` (live environments, e.g. `10,1000,5000`), `…_DB_FILL` (how many of them get
 //! database isolation, the rest schema), `…_LEVEL_ROUNDS` (warm creates per level),
-//! `…_LARGE_MB` (seed data of the large blueprint).
+//! `…_LARGE_MB` (seed data of the large blueprint), `…_BURST` (creates sent at once, then
+//! deletes; 0 to skip).
 
 #[path = "performance/client.rs"]
 mod client;
@@ -31,6 +32,8 @@ mod report;
 mod setup;
 #[path = "performance/stats.rs"]
 mod stats;
+#[path = "performance/watch.rs"]
+mod watch;
 
 use anyhow::{bail, Context};
 use client::Api;
@@ -60,6 +63,7 @@ struct Options {
     db_fill: usize,
     level_rounds: usize,
     large_mb: usize,
+    burst: usize,
 }
 
 impl Options {
@@ -99,6 +103,7 @@ impl Options {
             db_fill: num("DB_FILL", 1000, 200)?,
             level_rounds: num("LEVEL_ROUNDS", 30, 10)?.max(1),
             large_mb: num("LARGE_MB", 20, 20)?.max(1),
+            burst: num("BURST", 500, 100)?,
         })
     }
 
@@ -114,6 +119,7 @@ impl Options {
             "database_isolation_fill": self.db_fill,
             "warm_rounds_per_level": self.level_rounds,
             "large_seed_mb": self.large_mb,
+            "burst": self.burst,
         })
     }
 }
@@ -279,6 +285,11 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     service.check_alive()?;
 
+    if opts.burst > 0 {
+        burst(opts.burst, &api, &mut rows, &mut notes, started).await?;
+        service.check_alive()?;
+    }
+
     live_levels(&opts, &api, big_pool, &mut rows, &mut notes, started).await?;
     service.check_alive()?;
 
@@ -300,6 +311,8 @@ async fn main() -> anyhow::Result<()> {
     });
 
     let total = started.elapsed();
+    let mut machine = machine;
+    machine["loadavg_end"] = loadavg().into();
     let header = header(&machine, &opts, &large_line, total);
     let table = report::markdown(&rows);
     let mut md = format!("{header}\n{table}\n");
@@ -739,7 +752,13 @@ async fn throughput(
             started,
             &format!("pairs: {clients} clients for {} s", opts.secs),
         );
+        let sampler = watch::Sampler::start(cluster).await?;
         let level = load::pairs(api, "ex_pool", clients, run).await;
+        let (profile, top) = sampler.stop(4).await;
+        notes.add(format!(
+            "pairs at {}: server sessions by activity (mean of samples every 200 ms): {top}",
+            plural(clients, "client")
+        ));
         notes.series(
             &format!("pairs at {clients} clients, create"),
             &level.creates,
@@ -773,6 +792,7 @@ async fn throughput(
                 "delete": dp.json(),
                 "create_errors": level.creates.errors,
                 "delete_errors": level.deletes.errors,
+                "server_activity": profile,
             })),
             ..Row::new(format!(
                 "create+delete pairs, example, {} (create latency; delete p50 {})",
@@ -782,6 +802,69 @@ async fn throughput(
             .series(&level.creates)
         });
     }
+    Ok(())
+}
+
+/// `n` creates of distinct keys (empty blueprint) sent at once, then as many deletes, while a
+/// reader times `/healthz`, `/readyz` and a `GET` of one environment.
+async fn burst(
+    n: usize,
+    api: &Api,
+    rows: &mut Vec<Row>,
+    notes: &mut Notes,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let probe = api.send(api.create_env("bench/probe", "")).await;
+    let probe_id = probe
+        .is(201)
+        .then(|| probe.id())
+        .flatten()
+        .with_context(|| format!("the burst's probe environment: {}", probe.label("create")))?;
+    let paths = vec![
+        "/healthz".to_owned(),
+        "/readyz".to_owned(),
+        format!("/v1/environments/{probe_id}"),
+    ];
+    let mut record = |phase: &str, s: Series, wall: Duration, reads: BTreeMap<String, Series>| {
+        notes.series(&format!("burst {phase}"), &s);
+        rows.push(Row {
+            throughput: Some((
+                s.took.len() as f64 / wall.as_secs_f64(),
+                if phase == "creates" {
+                    "creates/s"
+                } else {
+                    "deletes/s"
+                },
+            )),
+            ..Row::new(format!("burst: {n} {phase} at once (empty blueprint)")).series(&s)
+        });
+        for (path, s) in reads {
+            let shown = if path.starts_with("/v1/") {
+                "/v1/environments/{id}"
+            } else {
+                &path
+            };
+            notes.series(&format!("reads during burst {phase}: {shown}"), &s);
+            rows.push(
+                Row::new(format!(
+                    "reads during the burst of {phase}: `GET {shown}`, one at a time"
+                ))
+                .series(&s),
+            );
+        }
+    };
+    progress(started, &format!("burst: {n} creates at once"));
+    let reader = watch::Reader::start(api, paths.clone());
+    let (ids, s, wall) = load::fan_out(api, n, n, "create", 201, |api, i| {
+        api.create_env(&format!("bench/burst/{i}"), "")
+    })
+    .await;
+    record("creates", s, wall, reader.stop().await);
+    progress(started, &format!("burst: {} deletes at once", ids.len()));
+    let reader = watch::Reader::start(api, paths);
+    let (s, wall) = load::delete_all(api, ids, n).await;
+    record("deletes", s, wall, reader.stop().await);
+    api.send(api.delete_env(&probe_id)).await;
     Ok(())
 }
 
@@ -1009,6 +1092,7 @@ async fn machine(cluster: &Cluster) -> anyhow::Result<Value> {
         "postgres": version,
         "settings": settings,
         "previewdb_commit": commit,
+        "loadavg_start": loadavg(),
     }))
 }
 
@@ -1024,7 +1108,8 @@ fn header(machine: &Value, opts: &Options, large: &str, total: Duration) -> Stri
         .unwrap_or_default();
     format!(
         "# previewdb performance ({mode} run, {total:.0} s)\n\n\
-         - machine: {cores} cores ({cpu}), {mem:.1} GB RAM\n\
+         - machine: {cores} cores ({cpu}), {mem:.1} GB RAM; load average (1/5/15 min) {load0} at the start, \
+         {load1} at the end (others' work on a shared machine shows here)\n\
          - server: {pg}; {settings}\n\
          - previewdb: release `previewdb serve` as its own process, commit {commit}, over HTTP on 127.0.0.1\n\
          - sizes: {warm} warm / {cold} cold / {cold} reset rounds per blueprint, {recipe} recipe runs, \
@@ -1040,6 +1125,8 @@ fn header(machine: &Value, opts: &Options, large: &str, total: Duration) -> Stri
         cores = machine["cores"],
         cpu = machine["cpu"].as_str().unwrap_or_default(),
         mem = machine["memory_gb"].as_f64().unwrap_or_default(),
+        load0 = machine["loadavg_start"].as_str().unwrap_or_default(),
+        load1 = machine["loadavg_end"].as_str().unwrap_or_default(),
         pg = machine["postgres"].as_str().unwrap_or_default(),
         commit = machine["previewdb_commit"].as_str().unwrap_or("unknown"),
         warm = opts.warm,
@@ -1050,6 +1137,15 @@ fn header(machine: &Value, opts: &Options, large: &str, total: Duration) -> Stri
         level_rounds = opts.level_rounds,
         attempts = load::ATTEMPTS,
     )
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 /// `$CARGO_TARGET_DIR/bench`, else the package's `target/bench`.
