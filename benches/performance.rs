@@ -14,7 +14,8 @@
 //! `…_LEVELS` (live environments, e.g. `10,1000,5000`), `…_DB_FILL` (how many of them get
 //! database isolation, the rest schema), `…_LEVEL_ROUNDS` (warm creates per level),
 //! `…_LARGE_MB` (seed data of the large blueprint), `…_BURST` (creates sent at once, then
-//! deletes; 0 to skip).
+//! deletes; 0 to skip), `…_PROVISIONS` (the target's `max_concurrent_provisions`, to see what
+//! the queue's bound costs).
 
 #[path = "performance/client.rs"]
 mod client;
@@ -64,6 +65,8 @@ struct Options {
     level_rounds: usize,
     large_mb: usize,
     burst: usize,
+    /// The target's `max_concurrent_provisions`, when not the configuration's default.
+    provisions: Option<usize>,
 }
 
 impl Options {
@@ -104,6 +107,12 @@ impl Options {
             level_rounds: num("LEVEL_ROUNDS", 30, 10)?.max(1),
             large_mb: num("LARGE_MB", 20, 20)?.max(1),
             burst: num("BURST", 500, 100)?,
+            provisions: match std::env::var("PREVIEWDB_BENCH_PROVISIONS") {
+                Ok(v) => Some(v.parse().with_context(|| {
+                    format!("PREVIEWDB_BENCH_PROVISIONS={v:?} is not a whole number")
+                })?),
+                Err(_) => None,
+            },
         })
     }
 
@@ -120,6 +129,7 @@ impl Options {
             "warm_rounds_per_level": self.level_rounds,
             "large_seed_mb": self.large_mb,
             "burst": self.burst,
+            "max_concurrent_provisions": self.provisions,
         })
     }
 }
@@ -231,7 +241,14 @@ async fn main() -> anyhow::Result<()> {
     progress(started, "starting previewdb serve");
     let service_dir = cluster.dir.path().join("service");
     std::fs::create_dir_all(&service_dir)?;
-    let mut service = Service::start(&cluster, &service_dir, max_environments, &blueprints).await?;
+    let mut service = Service::start(
+        &cluster,
+        &service_dir,
+        max_environments,
+        opts.provisions,
+        &blueprints,
+    )
+    .await?;
     let api = Api::new(
         service.base.clone(),
         setup::TOKEN.into(),

@@ -93,6 +93,7 @@ impl Service {
         cluster: &Cluster,
         dir: &Path,
         max_environments: usize,
+        max_concurrent_provisions: Option<usize>,
         blueprints: &[BlueprintConfig],
     ) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -113,6 +114,9 @@ impl Service {
             admin = cluster.admin_url("postgres"),
             pg_port = cluster.pg.port(),
         );
+        if let Some(n) = max_concurrent_provisions {
+            text += &format!("max_concurrent_provisions = {n}\n\n");
+        }
         for bp in blueprints {
             text += &bp.toml();
         }
