@@ -541,7 +541,8 @@ fn schema_dump(tables: &[Table]) -> String {
     for (i, t) in tables.iter().enumerate() {
         let q = t.qualified();
         for c in &t.cols {
-            let fk_index = c.fk.is_some() && !(!t.serial && c.name == t.cols[0].name);
+            // A composite key's first column is indexed by the key already.
+            let fk_index = c.fk.is_some() && (t.serial || c.name != t.cols[0].name);
             if fk_index {
                 let _ = writeln!(
                     s,
@@ -640,8 +641,8 @@ pub fn generate(root: &Path, seed_bytes: usize) -> anyhow::Result<Generated> {
         std::fs::write(migrations_dir.join(name), text)?;
     }
     let mut written = 0u64;
-    for i in 0..TABLES {
-        let budget = (seed_bytes as u64 * weights[i] / total) as usize;
+    for (i, weight) in weights.iter().enumerate() {
+        let budget = (seed_bytes as u64 * weight / total) as usize;
         let (file, text) = seed_file(&mut rng, &mut tables, i, budget);
         written += text.len() as u64;
         std::fs::write(seeds.join(file), text)?;
