@@ -15,7 +15,9 @@
 //! database isolation, the rest schema), `…_LEVEL_ROUNDS` (warm creates per level),
 //! `…_LARGE_MB` (seed data of the large blueprint), `…_BURST` (creates sent at once, then
 //! deletes; 0 to skip), `…_PROVISIONS` (the target's `max_concurrent_provisions`, to see what
-//! the queue's bound costs).
+//! the queue's bound costs), `…_FAST_PG=1` (run PostgreSQL without fsync, synchronous commit
+//! and full page writes, as `previewdb dev` and the tests do; the default is PostgreSQL's own,
+//! durable settings).
 
 #[path = "performance/client.rs"]
 mod client;

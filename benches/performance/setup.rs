@@ -3,7 +3,7 @@
 //! separate process configured by a file, so that its memory is its own to read.
 
 use anyhow::{bail, Context};
-use previewdb::embedded::EmbeddedPostgres;
+use previewdb::embedded::{Durability, EmbeddedPostgres};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,7 +24,13 @@ impl Cluster {
         // When run as root, the server runs as another user that must reach its data directory.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let data = dir.path().join("data");
-        let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data))
+        // Production settings (fsync, synchronous commit, full pages) unless asked otherwise:
+        // a hand-out's commits and a clone's WAL cost what they would on a real server.
+        let durability = match std::env::var("PREVIEWDB_BENCH_FAST_PG").as_deref() {
+            Ok("1") => Durability::Fast,
+            _ => Durability::Full,
+        };
+        let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start_with(&data, durability))
             .await?
             .context("starting PostgreSQL")?;
         previewdb::dev::create_database_if_missing(&pg.admin_url("postgres"), "previewdb").await?;
