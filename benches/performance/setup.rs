@@ -30,9 +30,10 @@ impl Cluster {
             Ok("1") => Durability::Fast,
             _ => Durability::Full,
         };
-        let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start_with(&data, durability))
-            .await?
-            .context("starting PostgreSQL")?;
+        let pg =
+            tokio::task::spawn_blocking(move || EmbeddedPostgres::start_with(&data, durability))
+                .await?
+                .context("starting PostgreSQL")?;
         previewdb::dev::create_database_if_missing(&pg.admin_url("postgres"), "previewdb").await?;
         Ok(Self { pg, dir })
     }

@@ -9,7 +9,7 @@
 //! | `pdb_bld_<blueprint>_<hash16>` | a template being built (renamed to `pdb_tpl_` when done) |
 //! | `pdb_fill_<blueprint>_<hash16>_<rand8>` | a pool entry being made (role and database) |
 //! | `pdb_pool_<blueprint>_<hash16>_<rand8>` | a ready pool entry (renamed from `pdb_fill_`) |
-//! | `pdb_shared`, `pdb_shared_<blueprint>` | the shared database of schema isolation |
+//! | `pdb_shared`, `pdb_shared_<blueprint>` | the shared database of schema isolation, and the role whose members may connect to it |
 
 use crate::blueprint::Blueprint;
 

@@ -61,7 +61,7 @@ impl Inner {
         let mark = escape_literal(&format!("{MARK_PREFIX}{}", req.id));
         conn.batch_execute(&format!(
             "CREATE ROLE {r} {attrs}; COMMENT ON ROLE {r} IS {mark}; \
-             GRANT CONNECT, TEMPORARY ON DATABASE {d} TO {r}; \
+             GRANT {d} TO {r}; \
              ALTER ROLE {r} IN DATABASE {d} SET search_path = {r}, public;",
             r = role.quoted(),
             d = db.quoted()
@@ -181,6 +181,23 @@ impl Inner {
                 .await
                 .map_err(db_err)?;
             }
+            // The environments' way in: membership of a role of the database's name, which
+            // alone holds CONNECT and TEMPORARY on it. A grant per environment would rewrite the
+            // database's row each time, and concurrent creates and teardowns would fail with
+            // "tuple concurrently updated"; memberships are rows of their own.
+            let group = lock
+                .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&db.as_str()])
+                .await
+                .map_err(db_err)?;
+            if group.is_none() {
+                lock.batch_execute(&format!(
+                    "CREATE ROLE {d} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
+                     NOBYPASSRLS; GRANT CONNECT, TEMPORARY ON DATABASE {d} TO {d};",
+                    d = db.quoted()
+                ))
+                .await
+                .map_err(db_err)?;
+            }
             let shared = self.connect_db(db.as_str()).await?;
             // Nobody creates in `public`: it holds the extensions, which everyone may use.
             shared
@@ -215,7 +232,8 @@ impl Inner {
             .admin()
             .await?
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) \
+                 AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)",
                 &[&db.as_str()],
             )
             .await
