@@ -64,13 +64,35 @@ pub struct SourceFile {
     pub text: String,
 }
 
+/// An input file read again when it is needed (a dump or seeds may be large: they are not
+/// kept in memory between template builds).
+#[derive(Debug, Clone)]
+pub struct FileRef {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl FileRef {
+    fn read(&self) -> anyhow::Result<SourceFile> {
+        read_file(&self.path)
+    }
+}
+
+/// A blueprint's schema dump and seeds, read for a build.
+#[derive(Debug)]
+pub struct Contents {
+    pub schema: Option<SourceFile>,
+    pub seeds: Vec<SourceFile>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Blueprint {
     pub name: PgIdent,
-    pub schema: Option<SourceFile>,
+    pub schema: Option<FileRef>,
     pub format: MigrationFormat,
+    /// Kept in memory: they are also run under the callers' own migrations.
     pub migrations: Vec<SourceFile>,
-    pub seeds: Vec<SourceFile>,
+    pub seeds: Vec<FileRef>,
     pub extensions: Vec<ExtensionName>,
     pub pool_size: u32,
     /// Overrides the target's size quota for environments of this blueprint.
@@ -104,6 +126,10 @@ impl Blueprint {
             Some(p) => Some(read_file(&base.join(p)).with_context(|| format!("{at}.schema"))?),
             None => None,
         };
+        let schema_ref = raw.schema.as_ref().map(|p| FileRef {
+            name: schema.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+            path: base.join(p),
+        });
         let format = raw.migrations_format.unwrap_or(MigrationFormat::Plain);
         let migrations = match &raw.migrations {
             Some(dir) => read_dir(&base.join(dir), |n| {
@@ -117,12 +143,21 @@ impl Blueprint {
                 .check_name(&m.name)
                 .map_err(|e| anyhow!("{at}.migrations: {e}"))?;
         }
-        let seeds = match &raw.seeds {
-            Some(dir) => read_dir(&base.join(dir), |n| {
-                n.ends_with(".sql") || n.ends_with(".csv")
-            })
-            .with_context(|| format!("{at}.seeds"))?,
-            None => vec![],
+        let (seeds, seed_refs) = match &raw.seeds {
+            Some(dir) => {
+                let dir = base.join(dir);
+                let seeds = read_dir(&dir, |n| n.ends_with(".sql") || n.ends_with(".csv"))
+                    .with_context(|| format!("{at}.seeds"))?;
+                let refs = seeds
+                    .iter()
+                    .map(|s| FileRef {
+                        name: s.name.clone(),
+                        path: dir.join(&s.name),
+                    })
+                    .collect();
+                (seeds, refs)
+            }
+            None => (vec![], vec![]),
         };
         for s in seeds.iter().filter(|s| s.name.ends_with(".csv")) {
             seed_table(&s.name).map_err(|e| anyhow!("{at}.seeds: {e}"))?;
@@ -134,20 +169,44 @@ impl Blueprint {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut bp = Blueprint {
             name: PgIdent::parse(name).map_err(|e| anyhow!("{at}: {e}"))?,
-            schema,
+            schema: schema_ref,
             format,
             migrations,
-            seeds,
+            seeds: seed_refs,
             extensions,
             pool_size: raw.pool_size.unwrap_or(2),
             max_environment_bytes: raw.max_environment_bytes.map(|b| b.bytes()),
             content_digest: [0; 32],
         };
-        bp.content_digest = bp.digest();
+        bp.content_digest = bp.digest(&Contents { schema, seeds });
         Ok(bp)
     }
 
-    fn digest(&self) -> [u8; 32] {
+    /// Reads the dump and the seeds again, for a build; refuses files that changed since the
+    /// configuration was loaded, since the template would no longer match its hash.
+    pub fn contents(&self) -> Result<Contents, String> {
+        let read = || -> anyhow::Result<Contents> {
+            Ok(Contents {
+                schema: self.schema.as_ref().map(FileRef::read).transpose()?,
+                seeds: self
+                    .seeds
+                    .iter()
+                    .map(FileRef::read)
+                    .collect::<anyhow::Result<_>>()?,
+            })
+        };
+        let contents = read().map_err(|e| format!("{e:#}"))?;
+        if self.digest(&contents) != self.content_digest {
+            return Err(
+                "its files changed since previewdb loaded its configuration; \
+                        restart previewdb to build the new content"
+                    .into(),
+            );
+        }
+        Ok(contents)
+    }
+
+    fn digest(&self, contents: &Contents) -> [u8; 32] {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
         let mut field = |tag: &str, bytes: &[u8]| {
@@ -156,7 +215,7 @@ impl Blueprint {
             h.update(bytes);
         };
         field("format-version", &TEMPLATE_FORMAT_VERSION.to_be_bytes());
-        if let Some(s) = &self.schema {
+        if let Some(s) = &contents.schema {
             field("schema", s.text.as_bytes());
         }
         field("migrations-format", self.format.as_str().as_bytes());
@@ -164,7 +223,7 @@ impl Blueprint {
             field("migration-name", m.name.as_bytes());
             field("migration", m.text.as_bytes());
         }
-        for s in &self.seeds {
+        for s in &contents.seeds {
             field("seed-name", s.name.as_bytes());
             field("seed", s.text.as_bytes());
         }
@@ -248,6 +307,26 @@ fn read_dir(dir: &Path, keep: impl Fn(&str) -> bool) -> anyhow::Result<Vec<Sourc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contents_are_read_again_and_must_still_match() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("seeds")).unwrap();
+        std::fs::write(dir.path().join("schema.sql"), "CREATE TABLE t (n int);").unwrap();
+        std::fs::write(dir.path().join("seeds/t.csv"), "n\n1\n").unwrap();
+        let table: toml::Value = toml::from_str(&format!(
+            "schema = {:?}\nseeds = {:?}",
+            dir.path().join("schema.sql").display().to_string(),
+            dir.path().join("seeds").display().to_string()
+        ))
+        .unwrap();
+        let bp = Blueprint::load("app", &table).unwrap();
+        let contents = bp.contents().unwrap();
+        assert_eq!(contents.schema.unwrap().text, "CREATE TABLE t (n int);");
+        assert_eq!(contents.seeds[0].text, "n\n1\n");
+        std::fs::write(dir.path().join("seeds/t.csv"), "n\n2\n").unwrap();
+        assert!(bp.contents().unwrap_err().contains("changed"));
+    }
 
     #[test]
     fn seed_tables_from_file_names() {

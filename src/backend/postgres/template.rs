@@ -381,7 +381,12 @@ pub(super) async fn load(
     let tolerant = Policy {
         tolerate_missing_roles: true,
     };
-    if let Some(schema) = &bp.schema {
+    // A plain read: builds are rare, and the files are the blueprint's own.
+    let contents = bp.contents().map_err(|message| BackendError::Blueprint {
+        blueprint: bp.name.to_string(),
+        message,
+    })?;
+    if let Some(schema) = &contents.schema {
         let script =
             Script::parse(&schema.name, &schema.text).map_err(|e| blueprint_error(bp, e))?;
         let client = session.connect().await.map_err(db_err)?;
@@ -393,7 +398,7 @@ pub(super) async fn load(
     migrations::apply(bp.format, session, &bp.migrations)
         .await
         .map_err(|e| blueprint_error(bp, e))?;
-    for seed in &bp.seeds {
+    for seed in &contents.seeds {
         // A connection per file: seed scripts may change session settings.
         let client = session.connect().await.map_err(db_err)?;
         if seed.name.ends_with(".csv") {
