@@ -458,7 +458,7 @@ impl Config {
                         revoke_public_connect: revoke_public_connect.unwrap_or(true),
                         max_concurrent_provisions: match max_concurrent_provisions {
                             Some(0) => bail!("{at}.max_concurrent_provisions: must be at least 1"),
-                            n => n.unwrap_or(4),
+                            n => n.unwrap_or(8),
                         },
                         max_queued: max_queued.unwrap_or(1000),
                         provision_timeout: provision_timeout

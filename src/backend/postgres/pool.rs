@@ -22,6 +22,7 @@ use postgres_protocol::escape::escape_literal;
 use rand::distributions::{Alphanumeric, DistString};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use uuid::Uuid;
 
 /// One filler per pool in this process.
@@ -108,11 +109,19 @@ pub async fn ready_count(inner: &Inner, bp: &Blueprint, hash: &str) -> usize {
         .unwrap_or(0) as usize
 }
 
+/// How long a refill waits after a hand-out while the pool is still at least half full: a
+/// clone writes its whole template to the WAL that the next hand-outs' commits wait on, so a
+/// run of hand-outs goes first. Below half, the refill starts at once.
+const REFILL_SETTLE: Duration = Duration::from_millis(250);
+
 pub fn refill_in_background(inner: Arc<Inner>, bp: Arc<Blueprint>, tpl: TemplateInfo) {
     if bp.pool_size == 0 {
         return;
     }
     tokio::spawn(async move {
+        if ready_count(&inner, &bp, &tpl.hash).await * 2 >= bp.pool_size as usize {
+            tokio::time::sleep(REFILL_SETTLE).await;
+        }
         if let Err(e) = fill(&inner, &bp, &tpl, false).await {
             tracing::warn!(blueprint = %bp.name, error = %e, "pool refill failed");
         }
@@ -156,12 +165,21 @@ pub async fn fill(
         }
     };
     retire(inner, bp, tpl).await?;
-    while ready_count(inner, bp, &tpl.hash).await < size {
-        // Each clone is heavy work: it waits for its place in the target's queue.
-        let _slot = inner.queue.admit_background().await;
-        add_entry(inner, bp, tpl).await?;
+    loop {
+        let missing = size.saturating_sub(ready_count(inner, bp, &tpl.hash).await);
+        if missing == 0 {
+            return Ok(());
+        }
+        // Clones side by side (the server's own clone rate grows with concurrency), each
+        // waiting for its place in the target's queue like any heavy work.
+        let clones = (0..missing.min(inner.cfg.max_concurrent_provisions)).map(|_| async {
+            let _slot = inner.queue.admit_background().await;
+            add_entry(inner, bp, tpl).await
+        });
+        for outcome in futures_util::future::join_all(clones).await {
+            outcome?;
+        }
     }
-    Ok(())
 }
 
 /// Drops this blueprint's entries of other hashes and half-made entries of this one (we hold
