@@ -592,7 +592,7 @@ impl Environments {
             .backend
             .teardown(&rec.resources)
             .await?;
-        self.store.mark_deleted(rec.id).await?;
+        self.store.mark_deleted(rec.id, false).await?;
         Ok(())
     }
 
@@ -720,11 +720,10 @@ impl Environments {
                         false => backend.lock_out(&record.resources).await,
                     }
                 };
-                if deadline.run(closing).await.map_err(late)?? {
-                    self.store.mark_deleted_pending(id).await?;
+                let data_left = deadline.run(closing).await.map_err(late)??;
+                self.store.mark_deleted(id, data_left).await?;
+                if data_left {
                     self.purge_in_background(record.clone());
-                } else {
-                    self.store.mark_deleted(id).await?;
                 }
                 tracing::info!(env = %id, "environment deleted");
                 true

@@ -177,28 +177,16 @@ impl Store {
         .await
     }
 
-    pub async fn mark_deleted(&self, id: Uuid) -> Result<()> {
+    /// `data_left`: the environment is closed but its data is still to drop (see
+    /// `Backend::lock_out`); the reconciler finishes that should this process stop first.
+    pub async fn mark_deleted(&self, id: Uuid, data_left: bool) -> Result<()> {
         self.exec(
             &leaving_live(
-                "UPDATE environments SET state = 'deleted', teardown_pending = false, \
+                "UPDATE environments SET state = 'deleted', teardown_pending = $2, \
                  password_sealed = NULL, deleted_at = coalesce(deleted_at, now()), \
                  updated_at = now() WHERE id = $1",
             ),
-            &[&id],
-        )
-        .await
-    }
-
-    /// Deleted, but with data left on the target for a teardown to drop (see
-    /// `Backend::lock_out`): the reconciler finishes it should this process stop first.
-    pub async fn mark_deleted_pending(&self, id: Uuid) -> Result<()> {
-        self.exec(
-            &leaving_live(
-                "UPDATE environments SET state = 'deleted', teardown_pending = true, \
-                 password_sealed = NULL, deleted_at = coalesce(deleted_at, now()), \
-                 updated_at = now() WHERE id = $1",
-            ),
-            &[&id],
+            &[&id, &data_left],
         )
         .await
     }
