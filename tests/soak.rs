@@ -167,14 +167,20 @@ async fn check(store: &tokio_postgres::Client, target: &tokio_postgres::Client) 
     for row in store
         .query(
             "SELECT key, state, teardown_pending FROM environments \
-             WHERE state IN ('provisioning', 'deleting') OR (state = 'failed' AND teardown_pending)",
+             WHERE state IN ('provisioning', 'deleting') \
+                OR (state IN ('failed', 'deleted') AND teardown_pending)",
             &[],
         )
         .await
         .unwrap()
     {
-        let (key, state): (String, String) = (row.get(0), row.get(1));
-        problems.push(format!("record of {key} stuck in {state}"));
+        let (key, state, pending): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
+        let what = if state == "deleted" && pending {
+            "deleted, data not dropped".to_owned()
+        } else {
+            state
+        };
+        problems.push(format!("record of {key} stuck in {what}"));
     }
     let accounted: HashSet<String> = store
         .query(
@@ -210,7 +216,9 @@ async fn check(store: &tokio_postgres::Client, target: &tokio_postgres::Client) 
         .collect();
     for name in databases.iter().chain(roles.iter()) {
         let fine = match names::kind(name) {
-            Some(Kind::Template { .. }) | Some(Kind::Shared) => !roles.contains(name),
+            Some(Kind::Template { .. }) => !roles.contains(name),
+            // The shared database of schema isolation, and the role its members connect as.
+            Some(Kind::Shared) => databases.contains(name),
             // A ready pool entry is a database and its role, both.
             Some(Kind::Pool { .. }) => databases.contains(name) && roles.contains(name),
             Some(Kind::Build { .. }) | Some(Kind::Fill { .. }) => false,
