@@ -44,24 +44,28 @@ struct RawToken {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgresTarget {
+    admin_url: Option<String>,
+    admin_url_env: Option<String>,
+    public_host: String,
+    public_port: Option<u16>,
+    public_sslmode: Option<String>,
+    max_environments: Option<u32>,
+    connection_limit: Option<i32>,
+    revoke_public_connect: Option<bool>,
+    max_concurrent_provisions: Option<usize>,
+    max_queued: Option<usize>,
+    provision_timeout: Option<String>,
+    max_environment_bytes: Option<ByteSize>,
+    clone_strategy: Option<String>,
+    file_copy_above: Option<ByteSize>,
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 enum RawTarget {
-    Postgres {
-        admin_url: Option<String>,
-        admin_url_env: Option<String>,
-        public_host: String,
-        public_port: Option<u16>,
-        public_sslmode: Option<String>,
-        max_environments: Option<u32>,
-        connection_limit: Option<i32>,
-        revoke_public_connect: Option<bool>,
-        max_concurrent_provisions: Option<usize>,
-        max_queued: Option<usize>,
-        provision_timeout: Option<String>,
-        max_environment_bytes: Option<ByteSize>,
-        clone_strategy: Option<String>,
-        file_copy_above: Option<ByteSize>,
-    },
+    Postgres(Box<RawPostgresTarget>),
     Neon(Box<NeonTargetConfig>),
 }
 
@@ -423,22 +427,23 @@ impl Config {
             })?;
             let at = format!("targets.{name}");
             let target = match t {
-                RawTarget::Postgres {
-                    admin_url,
-                    admin_url_env,
-                    public_host,
-                    public_port,
-                    public_sslmode,
-                    max_environments,
-                    connection_limit,
-                    revoke_public_connect,
-                    max_concurrent_provisions,
-                    max_queued,
-                    provision_timeout,
-                    max_environment_bytes,
-                    clone_strategy,
-                    file_copy_above,
-                } => {
+                RawTarget::Postgres(raw) => {
+                    let RawPostgresTarget {
+                        admin_url,
+                        admin_url_env,
+                        public_host,
+                        public_port,
+                        public_sslmode,
+                        max_environments,
+                        connection_limit,
+                        revoke_public_connect,
+                        max_concurrent_provisions,
+                        max_queued,
+                        provision_timeout,
+                        max_environment_bytes,
+                        clone_strategy,
+                        file_copy_above,
+                    } = *raw;
                     let admin_url = admin_url_env
                         .as_deref()
                         .and_then(|v| std::env::var(v).ok())

@@ -204,10 +204,7 @@ async fn delete_revokes_credentials_ends_sessions_and_drops_data() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0, "role and database are gone");
-    let e = connect(&uri(&env))
-        .await
-        .err()
-        .expect("old password refused");
+    let e = connect(&uri(&env)).await.expect_err("old password refused");
     assert_eq!(sqlstate(&e), "28P01", "{e}");
 
     // Deleting again, by id or key, answers the tombstone.
@@ -264,7 +261,9 @@ async fn leftovers(app: &TestApp, slug: &str) -> i64 {
 #[tokio::test]
 async fn bad_input_gets_a_clear_problem_and_changes_nothing() {
     let app = TestApp::spawn().await;
-    let cases: Vec<(&str, Option<&str>, Option<Value>, StatusCode, &str)> = vec![
+    // what is wrong, token, body, expected status, expected code
+    type Case<'a> = (&'a str, Option<&'a str>, Option<Value>, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "missing key",
             Some(ADMIN_TOKEN),
@@ -558,8 +557,7 @@ async fn extend_rotate_and_reset() {
     );
     let e = connect(&uri(&env))
         .await
-        .err()
-        .expect("old password stops working");
+        .expect_err("old password stops working");
     assert_eq!(sqlstate(&e), "28P01");
     connect(&uri(&rotated)).await.expect("new password works");
     let (_, shown) = app.get(&format!("{path}?reveal=true")).await;

@@ -586,7 +586,7 @@ async fn an_environment_over_its_quota_is_locked_until_reset() {
             client.simple_query("SELECT 1").await.is_err(),
             "its session was ended"
         );
-        let e = connect(&uri(&env)).await.err().expect("login refused");
+        let e = connect(&uri(&env)).await.expect_err("login refused");
         assert_eq!(sqlstate(&e), "28000", "{e}");
         let (_, metrics) = replica.get("/metrics").await;
         assert!(

@@ -103,7 +103,7 @@ async fn schema_environments_share_a_database_but_nothing_else() {
         .await,
         0
     );
-    let e = connect(&uri(&a)).await.err().expect("a's password refused");
+    let e = connect(&uri(&a)).await.expect_err("a's password refused");
     assert_eq!(sqlstate(&e), "28P01");
     cb.batch_execute("CREATE TABLE still_here (x int)")
         .await
