@@ -146,7 +146,7 @@ impl From<BackendError> for ServiceError {
             },
             BackendError::LimitReached { message } => ServiceError::AtCapacity(message),
             BackendError::Invalid { message } => InvalidInput::new("isolation", message).into(),
-            BackendError::Failed { message } => ServiceError::ProvisioningFailed(message),
+            BackendError::Failed { message, .. } => ServiceError::ProvisioningFailed(message),
             e @ BackendError::Blueprint { .. } => ServiceError::BlueprintFailed(e.to_string()),
             BackendError::Migration { message } => ServiceError::MigrationFailed(message),
             BackendError::Busy {

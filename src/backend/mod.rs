@@ -138,7 +138,12 @@ pub enum BackendError {
     Invalid { message: String },
     /// The target answered with an error.
     #[error("{message}")]
-    Failed { message: String },
+    Failed {
+        message: String,
+        /// The server's error code, when the target is a PostgreSQL server: what callers
+        /// branch on, never the message text.
+        sqlstate: Option<tokio_postgres::error::SqlState>,
+    },
     /// A blueprint's files failed to build into a template (file, line, server message).
     #[error("blueprint {blueprint:?} failed to build: {message}")]
     Blueprint { blueprint: String, message: String },
@@ -160,6 +165,7 @@ impl BackendError {
     pub fn failed(message: impl Into<String>) -> Self {
         Self::Failed {
             message: message.into(),
+            sqlstate: None,
         }
     }
 }

@@ -497,7 +497,11 @@ impl Inner {
                         match self.create_cold(req, Some(&tpl), db, role).await {
                             // Another replica (with another configuration) collected the template:
                             // build it again (the build takes a place of its own).
-                            Err(e) if e.to_string().contains("(SQLSTATE 3D000)") => {
+                            Err(BackendError::Failed {
+                                sqlstate:
+                                    Some(tokio_postgres::error::SqlState::INVALID_CATALOG_NAME),
+                                ..
+                            }) => {
                                 drop(slot);
                                 self.templates.forget(&tpl.hash);
                                 self.teardown(db, role).await?;
@@ -941,7 +945,10 @@ pub(crate) fn db_err(e: tokio_postgres::Error) -> BackendError {
                     retry_after: Some(Duration::from_secs(5)),
                 };
             }
-            BackendError::Failed { message }
+            BackendError::Failed {
+                message,
+                sqlstate: Some(db.code().clone()),
+            }
         }
         None => BackendError::Unavailable {
             message: crate::pgconn::describe(&e),

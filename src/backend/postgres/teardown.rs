@@ -453,9 +453,10 @@ async fn database_exists(conn: &Client, name: &str) -> Result<bool, BackendError
 /// The server's error, prefixed with the teardown step it stopped.
 fn step(what: &str, e: tokio_postgres::Error) -> BackendError {
     match db_err(e) {
-        BackendError::Failed { message } => {
-            BackendError::failed(format!("teardown could not {what}: {message}"))
-        }
+        BackendError::Failed { message, sqlstate } => BackendError::Failed {
+            message: format!("teardown could not {what}: {message}"),
+            sqlstate,
+        },
         other => other,
     }
 }
