@@ -13,22 +13,18 @@ pub struct PoolEntry {
 
 impl Store {
     pub async fn add_pool_entry(&self, target: &str, pool: &str, entry: &PoolEntry) -> Result<()> {
-        self.pool
-            .get()
-            .await?
-            .execute(
-                "INSERT INTO pool_entries (target, name, pool, id, password_sealed) \
-                 VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    &target,
-                    &entry.name,
-                    &pool,
-                    &entry.id,
-                    &entry.password_sealed,
-                ],
-            )
-            .await?;
-        Ok(())
+        self.exec(
+            "INSERT INTO pool_entries (target, name, pool, id, password_sealed) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &target,
+                &entry.name,
+                &pool,
+                &entry.id,
+                &entry.password_sealed,
+            ],
+        )
+        .await
     }
 
     /// Takes the oldest entry of `pool` that no concurrent hand-out is taking; `None` when the
@@ -78,14 +74,10 @@ impl Store {
     }
 
     pub async fn remove_pool_entries(&self, target: &str, names: &[String]) -> Result<()> {
-        self.pool
-            .get()
-            .await?
-            .execute(
-                "DELETE FROM pool_entries WHERE target = $1 AND name = ANY($2)",
-                &[&target, &names],
-            )
-            .await?;
-        Ok(())
+        self.exec(
+            "DELETE FROM pool_entries WHERE target = $1 AND name = ANY($2)",
+            &[&target, &names],
+        )
+        .await
     }
 }
