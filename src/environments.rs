@@ -6,32 +6,21 @@
 //! up cannot leave an environment half-made. A DELETE stops a create, reset or migrate of the
 //! same key that is still running, on any replica.
 
+use crate::backend::registry::Target;
 use crate::backend::{
-    Backend, BackendError, BlueprintStatus, Connection, ProvisionRequest, Secret, TargetHealth,
+    BackendError, BlueprintStatus, ProvisionRequest, Secret, Support, TargetHealth,
 };
 use crate::blueprint::{Blueprint, SourceFile};
-use crate::domain::{EnvKey, InvalidInput, Isolation, Labels, Ttl};
+use crate::domain::{Connection, EnvKey, InvalidInput, Isolation, Labels, Ttl};
 use crate::metrics::{error_outcome, Metrics, Operation};
 use crate::service::lease::{LeaseError, Purpose, Stop};
-use crate::service::{Deadline, Lease, Leases, WorkQueue};
+use crate::service::{Deadline, Lease, Leases};
 use crate::store::{EnvRecord, ListFilter, Sealer, State, Store, StoreError, StoredConnection};
 use chrono::{SubsecRound, Utc};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-
-/// A provisioning backend as configured under `[targets.NAME]`.
-pub struct Target {
-    pub name: String,
-    pub kind: &'static str,
-    pub backend: Arc<dyn Backend>,
-    pub max_environments: u32,
-    /// Longest a create, reset or migrate on this target may take.
-    pub provision_timeout: Duration,
-    /// Where heavy work on this target waits for its turn, by kind of work.
-    pub queues: Vec<(&'static str, Arc<WorkQueue>)>,
-}
 
 /// What a caller asks for; parsed from the request at the edge.
 #[derive(Debug, Clone)]
@@ -130,6 +119,7 @@ impl From<StoreError> for ServiceError {
                 retry_after: Duration::from_secs(5),
             },
             StoreError::Query(e) => ServiceError::Internal(format!("control store: {e}")),
+            e @ StoreError::Unreadable(_) => ServiceError::Internal(e.to_string()),
         }
     }
 }
@@ -250,7 +240,11 @@ impl Environments {
             .blueprint(name)
             .map_err(|_| ServiceError::NotFound(name.to_owned()))?;
         let mut out = vec![];
-        for t in self.targets.values().filter(|t| t.kind == "postgres") {
+        for t in self
+            .targets
+            .values()
+            .filter(|t| t.capabilities.blueprints.is_yes())
+        {
             out.push((t.name.clone(), t.backend.blueprint_status(bp).await));
         }
         Ok(out)
@@ -262,7 +256,11 @@ impl Environments {
             .blueprint(name)
             .map_err(|_| ServiceError::NotFound(name.to_owned()))?;
         let mut out = vec![];
-        for t in self.targets.values().filter(|t| t.kind == "postgres") {
+        for t in self
+            .targets
+            .values()
+            .filter(|t| t.capabilities.blueprints.is_yes())
+        {
             out.push((t.name.clone(), t.backend.prepare(bp).await?));
         }
         Ok(out)
@@ -351,8 +349,9 @@ impl Environments {
             .clone()
             .unwrap_or_else(|| self.defaults.target.clone());
         let target = self.target(&target_name)?;
-        let isolation = spec.isolation.unwrap_or(target.backend.isolations()[0]);
-        if !target.backend.isolations().contains(&isolation) {
+        let caps = target.capabilities;
+        let isolation = spec.isolation.unwrap_or(caps.isolations[0]);
+        if !caps.isolations.contains(&isolation) {
             return Err(InvalidInput::new(
                 "isolation",
                 format!(
@@ -362,12 +361,10 @@ impl Environments {
             )
             .into());
         }
-        // Neon targets seed from their parent branch: no default blueprint there.
-        let builds_templates = target.kind == "postgres";
         let blueprint_name = match spec.blueprint.as_deref() {
             Some("") => None,
             Some(name) => Some(name.to_owned()),
-            None if builds_templates => self.defaults.blueprint.clone(),
+            None if caps.blueprints.is_yes() => self.defaults.blueprint.clone(),
             None => None,
         };
         let blueprint = blueprint_name
@@ -375,19 +372,15 @@ impl Environments {
             .map(|n| self.blueprint(n))
             .transpose()?
             .cloned();
-        if !spec.migrations.is_empty() && !builds_templates {
-            return Err(InvalidInput::new(
-                "migrations",
-                format!("target {target_name:?} does not apply migrations; run them against the branch with your own tool"),
-            )
-            .into());
+        if let (false, Support::No(why)) = (spec.migrations.is_empty(), caps.migrations) {
+            return Err(
+                InvalidInput::new("migrations", format!("target {target_name:?} {why}")).into(),
+            );
         }
-        if blueprint.is_some() && !builds_templates {
-            return Err(InvalidInput::new(
-                "blueprint",
-                format!("target {target_name:?} seeds environments from its parent branch; leave blueprint out"),
-            )
-            .into());
+        if let (true, Support::No(why)) = (blueprint.is_some(), caps.blueprints) {
+            return Err(
+                InvalidInput::new("blueprint", format!("target {target_name:?} {why}")).into(),
+            );
         }
         let format = blueprint
             .as_ref()
@@ -1046,7 +1039,7 @@ impl Environments {
     /// quota (logins refused, sessions ended) and lets in again those back under it.
     pub async fn enforce_quotas(&self) -> Result<usize> {
         let mut changed = 0;
-        for target in self.targets.values().filter(|t| t.backend.has_quotas()) {
+        for target in self.targets.values().filter(|t| t.capabilities.quotas) {
             let envs = self.store.ready_on(&target.name).await?;
             if envs.is_empty() {
                 continue;

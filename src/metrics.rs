@@ -408,7 +408,7 @@ async fn probe_targets(envs: &Environments) -> Probe {
     }));
     let pools = join_all(
         envs.targets()
-            .filter(|t| t.kind == "postgres")
+            .filter(|t| t.capabilities.blueprints.is_yes())
             .flat_map(|t| envs.blueprints().map(move |bp| (t, bp)))
             .map(|(t, bp)| async move {
                 let status = tokio::time::timeout(PROBE_TIMEOUT, t.backend.blueprint_status(bp))

@@ -1,10 +1,9 @@
 //! Builds the application from its configuration: store, targets, background work, HTTP server.
 
-use crate::backend::postgres::{PostgresBackend, ServiceSettings};
-use crate::backend::Backend;
+use crate::backend::registry::build_targets;
 use crate::blueprint::Blueprint;
-use crate::configuration::{Config, TargetConfig};
-use crate::environments::{Defaults, Environments, Target};
+use crate::configuration::Config;
+use crate::environments::{Defaults, Environments};
 use crate::http::{router, AppState};
 use crate::store::{Sealer, Store};
 use std::sync::Arc;
@@ -20,51 +19,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let store = Store::open(&config.control_url).await?;
-        let mut targets = Vec::new();
-        for (name, t) in &config.targets {
-            let mut queues = vec![];
-            let mut provision_timeout = config.provision_timeout;
-            let (kind, backend, max): (&'static str, Arc<dyn Backend>, u32) = match t {
-                TargetConfig::Postgres(pg) => {
-                    let backend = PostgresBackend::new(
-                        pg.clone(),
-                        ServiceSettings {
-                            builder_password: builder_password(&config.encryption_key),
-                            provision_timeout: config.provision_timeout,
-                            orphan_grace: config.orphan_grace,
-                            target: name.clone(),
-                            store: store.clone(),
-                            sealer: Sealer::new(&config.encryption_key),
-                        },
-                    )?;
-                    queues = backend.queues();
-                    provision_timeout = pg.provision_timeout.unwrap_or(provision_timeout);
-                    match backend.harden().await {
-                        Ok(revoked) if !revoked.is_empty() => {
-                            tracing::info!(target = %name, databases = ?revoked, "revoked PUBLIC CONNECT")
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!(target = %name, error = %e, "target not reachable at start-up")
-                        }
-                    }
-                    ("postgres", Arc::new(backend), pg.max_environments)
-                }
-                TargetConfig::Neon(n) => (
-                    "neon",
-                    Arc::new(crate::backend::neon::NeonBackend::new(name, n)?),
-                    n.max_environments.unwrap_or(25),
-                ),
-            };
-            targets.push(Target {
-                name: name.clone(),
-                kind,
-                backend,
-                max_environments: max,
-                provision_timeout,
-                queues,
-            });
-        }
+        let targets = build_targets(config, &store).await?;
         let blueprints = config
             .blueprints
             .iter()
@@ -119,16 +74,6 @@ impl Application {
         lifecycle.abort();
         Ok(result?)
     }
-}
-
-/// The password `previewdb_builder` logs in with, derived from the key every replica shares
-/// (so that each can set it and all can use it) and useless without that key.
-fn builder_password(encryption_key: &[u8; 32]) -> crate::backend::Secret {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(b"previewdb:builder-password:");
-    h.update(encryption_key);
-    crate::backend::Secret::new(hex::encode(h.finalize()))
 }
 
 /// Logs as text to stderr, filtered by `RUST_LOG` (default `info`). Statement texts of the

@@ -7,12 +7,26 @@ mod fake_neon;
 use chrono::{DateTime, Duration as Days, Utc};
 use fake_neon::{FakeNeon, FakeNeonOptions, SEED_ROLE};
 use previewdb::backend::neon::NeonBackend;
-use previewdb::backend::{resource, Backend, BackendError, ProvisionRequest, Resources};
+use previewdb::backend::{Backend, BackendError, ProvisionRequest};
 use previewdb::configuration::NeonTargetConfig;
+use previewdb::domain::{Connection, Resources};
 use previewdb::domain::{EnvKey, Isolation};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// A string field of a Neon environment's resources, by its stored name.
+fn resource<'a>(resources: &'a Resources, name: &str) -> Option<&'a str> {
+    let r = resources.neon().expect("Neon resources");
+    match name {
+        "branch_name" => Some(&r.branch_name),
+        "role" => Some(&r.role),
+        "branch_id" => r.branch_id.as_deref(),
+        "endpoint_id" => r.endpoint_id.as_deref(),
+        "endpoint_host" => r.endpoint_host.as_deref(),
+        other => panic!("Neon resources have no {other:?}"),
+    }
+}
 
 static NEXT_VAR: AtomicUsize = AtomicUsize::new(0);
 
@@ -87,10 +101,7 @@ fn request(key: &str, ttl: Days) -> ProvisionRequest {
 async fn provision(
     b: &NeonBackend,
     req: &ProvisionRequest,
-) -> (
-    Result<previewdb::backend::Connection, BackendError>,
-    Resources,
-) {
+) -> (Result<Connection, BackendError>, Resources) {
     let mut resources = b.plan(req).expect("plan");
     let result = b.provision(req, &mut resources).await;
     (result, resources)
@@ -185,7 +196,7 @@ async fn provision_hands_out_the_envs_own_role_on_one_new_branch() {
         log.iter().all(|r| r.client_request_id.is_some()),
         "X-Request-ID missing"
     );
-    assert_eq!(b.isolations(), &[Isolation::Branch]);
+    assert_eq!(b.capabilities().isolations, &[Isolation::Branch]);
 }
 
 #[tokio::test]

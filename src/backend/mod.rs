@@ -7,10 +7,11 @@
 
 pub mod neon;
 pub mod postgres;
+pub mod registry;
 
 use crate::blueprint::{Blueprint, SourceFile};
-use crate::domain::{EnvKey, Isolation};
-use crate::service::{Deadline, QueueFull};
+use crate::domain::{Connection, EnvKey, Isolation, Resources};
+use crate::service::{Deadline, QueueFull, WorkQueue};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,10 +32,6 @@ pub struct ProvisionRequest {
     pub deadline: Deadline,
 }
 
-/// Backend-specific names and ids of what an environment owns on its target, kept in the
-/// control store as JSON.
-pub type Resources = serde_json::Map<String, serde_json::Value>;
-
 /// A secret string that is never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
@@ -52,63 +49,6 @@ impl Secret {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(***)")
-    }
-}
-
-/// Everything but RFC 3986 unreserved characters is percent-encoded in URI parts.
-const URI_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// How a caller reaches an environment.
-#[derive(Debug, Clone)]
-pub struct Connection {
-    pub host: String,
-    pub port: u16,
-    pub database: String,
-    pub schema: Option<String>,
-    pub user: String,
-    pub password: Secret,
-    /// Extra URI query parameters, e.g. `sslmode=require`.
-    pub params: Vec<(String, String)>,
-}
-
-impl Connection {
-    /// `postgresql://user:password@host:port/database?…`, every part percent-encoded; without
-    /// the password unless `reveal`.
-    pub fn uri(&self, reveal: bool) -> String {
-        use percent_encoding::utf8_percent_encode as enc;
-        let user = enc(&self.user, URI_COMPONENT);
-        let userinfo = if reveal {
-            format!("{user}:{}", enc(self.password.expose(), URI_COMPONENT))
-        } else {
-            user.to_string()
-        };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        let mut uri = format!(
-            "postgresql://{userinfo}@{host}:{}/{}",
-            self.port,
-            enc(&self.database, URI_COMPONENT)
-        );
-        let mut params = self.params.clone();
-        if let Some(schema) = &self.schema {
-            params.push(("options".into(), format!("-csearch_path={schema},public")));
-        }
-        for (i, (k, v)) in params.iter().enumerate() {
-            uri.push(if i == 0 { '?' } else { '&' });
-            uri.push_str(&format!(
-                "{}={}",
-                enc(k, URI_COMPONENT),
-                enc(v, URI_COMPONENT)
-            ));
-        }
-        uri
     }
 }
 
@@ -170,6 +110,12 @@ impl BackendError {
     }
 }
 
+impl From<crate::domain::ForeignResources> for BackendError {
+    fn from(e: crate::domain::ForeignResources) -> Self {
+        BackendError::failed(e.to_string())
+    }
+}
+
 impl From<QueueFull> for BackendError {
     fn from(e: QueueFull) -> Self {
         match e {
@@ -184,12 +130,45 @@ impl From<QueueFull> for BackendError {
     }
 }
 
+/// What a backend offers. The service decides by these, never by the target's kind.
+#[derive(Debug, Clone, Copy)]
+pub struct Capabilities {
+    /// The `kind` of `[targets.NAME]`, as `/v1/targets` shows it.
+    pub kind: &'static str,
+    /// Isolations offered; the first is the default.
+    pub isolations: &'static [Isolation],
+    /// Whether environments are made from blueprints (and the default blueprint applies).
+    pub blueprints: Support,
+    /// Whether the caller's migrations are applied, on create and on `/migrate`.
+    pub migrations: Support,
+    /// Whether sizes are measured and environments over their quota locked out.
+    pub quotas: bool,
+}
+
+/// Whether a backend does something; if not, why, in words for the caller who asked for it
+/// (completing "target NAME …").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    Yes,
+    No(&'static str),
+}
+
+impl Support {
+    pub fn is_yes(self) -> bool {
+        self == Support::Yes
+    }
+}
+
 /// One target kind. Implementations must keep caller strings out of SQL and credentials out of
 /// logs and error messages.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync {
-    /// Isolations this backend offers; the first is the default.
-    fn isolations(&self) -> &'static [Isolation];
+    fn capabilities(&self) -> Capabilities;
+
+    /// The work queues of this target, by what waits in them (for their figures in `/metrics`).
+    fn queues(&self) -> Vec<(&'static str, Arc<WorkQueue>)> {
+        vec![]
+    }
 
     /// Names everything `provision` will create for this request.
     fn plan(&self, req: &ProvisionRequest) -> Result<Resources, BackendError>;
@@ -267,7 +246,8 @@ pub trait Backend: Send + Sync {
     }
 
     /// Applies more of the caller's migrations to a live environment, keeping its data. They
-    /// run logged in as the environment's role, with `password`.
+    /// run logged in as the environment's role, with `password`. Only called where
+    /// `capabilities().migrations` says so.
     async fn migrate(
         &self,
         _resources: &Resources,
@@ -294,11 +274,6 @@ pub trait Backend: Send + Sync {
         Ok(vec![])
     }
 
-    /// Whether this target measures sizes and can lock environments out (size quotas).
-    fn has_quotas(&self) -> bool {
-        false
-    }
-
     /// The size quota of an environment made from `blueprint`, if any.
     fn quota_for(&self, _blueprint: Option<&Blueprint>) -> Option<u64> {
         None
@@ -310,7 +285,7 @@ pub trait Backend: Send + Sync {
     }
 
     /// Refuses the environment's logins and ends its sessions (`locked`), or lets it log in
-    /// again.
+    /// again. Only called where `capabilities().quotas` says so.
     async fn set_locked(&self, _resources: &Resources, _locked: bool) -> Result<(), BackendError> {
         Err(BackendError::Invalid {
             message: "this target cannot lock environments".into(),
@@ -329,11 +304,6 @@ pub struct BlueprintStatus {
     pub error: Option<String>,
     pub pool_ready: usize,
     pub pool_size: u32,
-}
-
-/// Reads a string entry of `Resources`.
-pub fn resource<'a>(resources: &'a Resources, name: &str) -> Option<&'a str> {
-    resources.get(name).and_then(|v| v.as_str())
 }
 
 /// Builds a PostgreSQL object name from an environment key: `pdb_env_<slug>_<hash>`, where the

@@ -1,17 +1,22 @@
-//! Caller input parsed once at the edge into types that can only hold valid values.
+//! Caller input parsed once at the edge into types that can only hold valid values, and the
+//! values every layer passes around: an environment's connection and its resources.
 
+mod connection;
 mod env_key;
 mod extension;
 mod identifier;
 mod isolation;
 mod labels;
+mod resources;
 mod ttl;
 
+pub use connection::Connection;
 pub use env_key::EnvKey;
 pub use extension::ExtensionName;
 pub use identifier::PgIdent;
 pub use isolation::Isolation;
 pub use labels::Labels;
+pub use resources::{ForeignResources, NeonResources, PostgresResources, Resources};
 pub use ttl::Ttl;
 
 /// Why a piece of caller input was refused; `field` names what was wrong.

@@ -46,8 +46,8 @@ pub async fn targets(
             .map_err(crate::environments::ServiceError::from)?;
         items.push(json!({
             "name": t.name,
-            "kind": t.kind,
-            "isolations": t.backend.isolations(),
+            "kind": t.capabilities.kind,
+            "isolations": t.capabilities.isolations,
             "health": health,
             "live_environments": live,
             "max_environments": t.max_environments,

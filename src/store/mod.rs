@@ -10,7 +10,7 @@ pub use pool::PoolEntry;
 pub use record::{EnvRecord, ListFilter, State, StoredConnection};
 
 use crate::advisory_key;
-use crate::backend::Resources;
+use crate::domain::Resources;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use uuid::Uuid;
@@ -27,6 +27,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("control store error: {0}")]
     Query(#[from] tokio_postgres::Error),
+    /// A stored value this version cannot read; nothing is done with such a record.
+    #[error("control store: {0}")]
+    Unreadable(String),
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
@@ -126,7 +129,7 @@ impl Store {
                     &r.blueprint_hash,
                     &r.settings_digest,
                     &r.state.as_str(),
-                    &serde_json::Value::Object(r.resources.clone()),
+                    &resources_json(&r.resources),
                     &serde_json::to_value(&r.labels).expect("labels serialise"),
                     &r.created_at,
                     &r.expires_at,
@@ -149,7 +152,7 @@ impl Store {
              password_sealed = $4, error = NULL, updated_at = now() WHERE id = $1",
             &[
                 &id,
-                &serde_json::Value::Object(resources.clone()),
+                &resources_json(resources),
                 &serde_json::to_value(connection).expect("connection serialises"),
                 &password_sealed,
             ],
@@ -235,7 +238,7 @@ impl Store {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<EnvRecord>> {
         let rows = self.pool.get().await?.query(sql, params).await?;
-        Ok(rows.iter().map(EnvRecord::from_row).collect())
+        rows.iter().map(EnvRecord::from_row).collect()
     }
 
     pub async fn get_by_id(&self, id: Uuid) -> Result<Option<EnvRecord>> {
@@ -362,13 +365,11 @@ impl Store {
                 &[],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| match r.get::<_, serde_json::Value>(0) {
-                serde_json::Value::Object(m) => Some(m),
-                _ => None,
-            })
-            .collect())
+        // One unreadable record fails the whole answer: collecting garbage without knowing
+        // what it owns could drop a live environment.
+        rows.iter()
+            .map(|r| record::read_resources(r.get(0)))
+            .collect()
     }
 
     /// Ready environments of `target`, for the quota watchdog.
@@ -412,4 +413,8 @@ impl Store {
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
+}
+
+fn resources_json(resources: &Resources) -> serde_json::Value {
+    serde_json::to_value(resources).expect("resources are plain strings")
 }

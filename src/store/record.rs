@@ -1,6 +1,7 @@
 //! The environment record as stored, and the filters of a listing.
 
-use crate::backend::{Connection, Resources, Secret};
+use crate::backend::Secret;
+use crate::domain::{Connection, Resources};
 use crate::domain::{Isolation, Labels};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -105,14 +106,11 @@ pub struct EnvRecord {
 }
 
 impl EnvRecord {
-    pub(super) fn from_row(row: &tokio_postgres::Row) -> Self {
-        let resources = match row.get::<_, serde_json::Value>("resources") {
-            serde_json::Value::Object(m) => m,
-            _ => Default::default(),
-        };
+    pub(super) fn from_row(row: &tokio_postgres::Row) -> Result<Self, super::StoreError> {
+        let resources = read_resources(row.get("resources"))?;
         let labels: BTreeMap<String, String> =
             serde_json::from_value(row.get("labels")).unwrap_or_default();
-        Self {
+        Ok(Self {
             id: row.get("id"),
             key: row.get("key"),
             target: row.get("target"),
@@ -135,7 +133,7 @@ impl EnvRecord {
             deleted_at: row.get("deleted_at"),
             size_bytes: row.get("size_bytes"),
             lock_reason: row.get("lock_reason"),
-        }
+        })
     }
 
     pub fn is_live(&self) -> bool {
@@ -144,6 +142,13 @@ impl EnvRecord {
             State::Provisioning | State::Ready | State::Deleting
         )
     }
+}
+
+/// An environment's stored resources, or why they cannot be read.
+pub(super) fn read_resources(value: serde_json::Value) -> Result<Resources, super::StoreError> {
+    serde_json::from_value(value.clone()).map_err(|e| {
+        super::StoreError::Unreadable(format!("environment resources {value} unreadable: {e}"))
+    })
 }
 
 /// What a listing selects, newest first (`created_at DESC, id DESC`).

@@ -4,11 +4,11 @@
 mod client;
 
 use crate::backend::{
-    object_name, resource, Backend, BackendError, Connection, ProvisionRequest, Resources, Secret,
+    object_name, Backend, BackendError, Capabilities, ProvisionRequest, Secret, Support,
     TargetHealth,
 };
 use crate::configuration::NeonTargetConfig;
-use crate::domain::{Isolation, Ttl};
+use crate::domain::{Connection, Isolation, NeonResources, Resources, Ttl};
 use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, SecondsFormat, Utc};
 use client::{seg, ClientSettings, Deadline, NeonClient, NeonError, Reply};
@@ -358,7 +358,7 @@ impl NeonBackend {
         branch_id: &str,
         created: Option<(Option<Endpoint>, Vec<String>)>,
         role: &str,
-        resources: &mut Resources,
+        resources: &mut NeonResources,
         dl: Deadline,
     ) -> Result<Connection, NeonError> {
         let endpoint = match created {
@@ -376,10 +376,66 @@ impl NeonBackend {
             Some(ep) => ep,
             None => self.endpoint_of(branch_id, dl).await?,
         };
-        resources.insert("endpoint_id".into(), json!(endpoint.id));
-        resources.insert("endpoint_host".into(), json!(endpoint.host));
+        resources.endpoint_id = Some(endpoint.id);
+        resources.endpoint_host = Some(endpoint.host.clone());
         let password = self.own_role(branch_id, role, dl).await?;
         Ok(self.connection(&endpoint.host, role, password))
+    }
+
+    /// The environment's branch: found by name (an earlier attempt made it), else created.
+    async fn create_or_find(
+        &self,
+        req: &ProvisionRequest,
+        name: &str,
+        parent: &str,
+        dl: Deadline,
+    ) -> Result<Origin, BackendError> {
+        let found = self
+            .find_branch(name, dl)
+            .await
+            .map_err(|e| self.error(e))?;
+        if let Some(b) = found {
+            return Ok(Origin::Adopted(b));
+        }
+        let body = json!({
+            "branch": { "parent_id": parent, "name": name, "expires_at": neon_expiry(req.expires_at) },
+            "endpoints": [self.endpoint_spec],
+            "annotation_value": { MARK: "true", "previewdb_env_id": req.id.to_string(),
+                                  "previewdb_target": self.target },
+        });
+        let path = self.client.project_path("/branches");
+        match self
+            .client
+            .call(Method::POST, &path, &[], Some(&body), dl)
+            .await
+        {
+            Ok(reply) => {
+                let Some(id) = reply.body["branch"]["id"].as_str().map(str::to_owned) else {
+                    return Err(self.error(malformed("branch create", "branch.id")));
+                };
+                let endpoint = reply.body["endpoints"]
+                    .as_array()
+                    .and_then(|eps| eps.iter().find(|e| e["type"] == "read_write"))
+                    .and_then(endpoint);
+                Ok(Origin::Created {
+                    id,
+                    endpoint,
+                    operations: reply.operations(),
+                })
+            }
+            // A rerun racing its own earlier attempt: the branch appeared since the search.
+            Err(e) if e.status() == Some(StatusCode::CONFLICT) && !e.is_branch_limit() => {
+                match self
+                    .find_branch(name, dl)
+                    .await
+                    .map_err(|e| self.error(e))?
+                {
+                    Some(b) => Ok(Origin::Adopted(b)),
+                    None => Err(self.error(e)),
+                }
+            }
+            Err(e) => Err(self.error(e)),
+        }
     }
 
     fn refuse_foreign(&self, name: &str, b: &Found) -> BackendError {
@@ -394,24 +450,21 @@ impl NeonBackend {
     /// The branch an environment's resources point at, looked up by name when only planned.
     async fn recorded_branch(
         &self,
-        resources: &Resources,
+        resources: &NeonResources,
         dl: Deadline,
     ) -> Result<Option<String>, BackendError> {
-        if let Some(id) = resource(resources, "branch_id") {
-            return Ok(Some(id.to_owned()));
+        if let Some(id) = &resources.branch_id {
+            return Ok(Some(id.clone()));
         }
-        let Some(name) = resource(resources, "branch_name") else {
-            return Ok(None);
-        };
         let Some(found) = self
-            .find_branch(name, dl)
+            .find_branch(&resources.branch_name, dl)
             .await
             .map_err(|e| self.error(e))?
         else {
             return Ok(None);
         };
-        let parent = match resource(resources, "parent_id") {
-            Some(p) => p.to_owned(),
+        let parent = match &resources.parent_id {
+            Some(p) => p.clone(),
             None => self.parent_id(dl).await?,
         };
         if self.owned(&found, &parent) {
@@ -428,12 +481,9 @@ impl NeonBackend {
         &self,
         resources: &'a Resources,
     ) -> Result<(&'a str, &'a str, &'a str), BackendError> {
-        match (
-            resource(resources, "branch_id"),
-            resource(resources, "role"),
-            resource(resources, "endpoint_host"),
-        ) {
-            (Some(b), Some(r), Some(h)) => Ok((b, r, h)),
+        let r = resources.neon()?;
+        match (&r.branch_id, &r.endpoint_host) {
+            (Some(b), Some(h)) => Ok((b, &r.role, h)),
             _ => Err(BackendError::Invalid {
                 message: "the environment has no provisioned Neon branch".into(),
             }),
@@ -443,8 +493,19 @@ impl NeonBackend {
 
 #[async_trait::async_trait]
 impl Backend for NeonBackend {
-    fn isolations(&self) -> &'static [Isolation] {
-        &[Isolation::Branch]
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            kind: "neon",
+            isolations: &[Isolation::Branch],
+            // The parent branch is the seed.
+            blueprints: Support::No(
+                "seeds environments from its parent branch; leave blueprint out",
+            ),
+            migrations: Support::No(
+                "does not apply migrations; run them against the branch with your own tool",
+            ),
+            quotas: false,
+        }
     }
 
     fn plan(&self, req: &ProvisionRequest) -> Result<Resources, BackendError> {
@@ -456,12 +517,16 @@ impl Backend for NeonBackend {
                 ),
             });
         }
-        let mut r = Resources::new();
         // From the key alone, so that a rerun after a crash finds the same branch and role.
-        r.insert("branch_name".into(), json!(req.key.as_str()));
-        r.insert("role".into(), json!(object_name(&req.key, "neon").as_str()));
-        r.insert("project_id".into(), json!(self.client.project_id()));
-        Ok(r)
+        Ok(Resources::Neon(NeonResources {
+            branch_name: req.key.as_str().to_owned(),
+            role: object_name(&req.key, "neon").as_str().to_owned(),
+            project_id: self.client.project_id().to_owned(),
+            parent_id: None,
+            branch_id: None,
+            endpoint_id: None,
+            endpoint_host: None,
+        }))
     }
 
     async fn provision(
@@ -469,71 +534,12 @@ impl Backend for NeonBackend {
         req: &ProvisionRequest,
         resources: &mut Resources,
     ) -> Result<Connection, BackendError> {
-        for (k, v) in self.plan(req)? {
-            resources.entry(k).or_insert(v);
-        }
+        let resources = resources.neon_mut()?;
         let dl = self.deadline();
-        let name = resource(resources, "branch_name")
-            .unwrap_or(req.key.as_str())
-            .to_owned();
-        let role = match resource(resources, "role") {
-            Some(r) => r.to_owned(),
-            None => object_name(&req.key, "neon").as_str().to_owned(),
-        };
         let parent = self.parent_id(dl).await?;
-        resources.insert("parent_id".into(), json!(parent));
-
-        let origin = match self
-            .find_branch(&name, dl)
-            .await
-            .map_err(|e| self.error(e))?
-        {
-            Some(b) => Origin::Adopted(b),
-            None => {
-                let body = json!({
-                    "branch": { "parent_id": parent, "name": name, "expires_at": neon_expiry(req.expires_at) },
-                    "endpoints": [self.endpoint_spec],
-                    "annotation_value": { MARK: "true", "previewdb_env_id": req.id.to_string(),
-                                          "previewdb_target": self.target },
-                });
-                let path = self.client.project_path("/branches");
-                match self
-                    .client
-                    .call(Method::POST, &path, &[], Some(&body), dl)
-                    .await
-                {
-                    Ok(reply) => {
-                        let Some(id) = reply.body["branch"]["id"].as_str().map(str::to_owned)
-                        else {
-                            return Err(self.error(malformed("branch create", "branch.id")));
-                        };
-                        let endpoint = reply.body["endpoints"]
-                            .as_array()
-                            .and_then(|eps| eps.iter().find(|e| e["type"] == "read_write"))
-                            .and_then(endpoint);
-                        Origin::Created {
-                            id,
-                            endpoint,
-                            operations: reply.operations(),
-                        }
-                    }
-                    // A rerun racing its own earlier attempt: the branch appeared since the search.
-                    Err(e) if e.status() == Some(StatusCode::CONFLICT) && !e.is_branch_limit() => {
-                        match self
-                            .find_branch(&name, dl)
-                            .await
-                            .map_err(|e| self.error(e))?
-                        {
-                            Some(b) => Origin::Adopted(b),
-                            None => return Err(self.error(e)),
-                        }
-                    }
-                    Err(e) => return Err(self.error(e)),
-                }
-            }
-        };
-
-        let (branch_id, created) = match origin {
+        resources.parent_id = Some(parent.clone());
+        let name = resources.branch_name.clone();
+        let (branch_id, created) = match self.create_or_find(req, &name, &parent, dl).await? {
             Origin::Created {
                 id,
                 endpoint,
@@ -550,8 +556,9 @@ impl Backend for NeonBackend {
                 (b.id, None)
             }
         };
-        resources.insert("branch_id".into(), json!(branch_id));
+        resources.branch_id = Some(branch_id.clone());
         let we_created = created.is_some();
+        let role = resources.role.clone();
         match self
             .complete(req, &branch_id, created, &role, resources, dl)
             .await
@@ -561,9 +568,7 @@ impl Backend for NeonBackend {
                 if we_created {
                     // A fresh deadline: the original may be what just ran out.
                     match self.delete_branch(&branch_id, self.deadline()).await {
-                        Ok(()) => {
-                            resources.remove("branch_id");
-                        }
+                        Ok(()) => resources.branch_id = None,
                         Err(cleanup) => {
                             tracing::warn!(target_name = %self.target, branch_id = %branch_id,
                             error = %cleanup, "could not delete the branch of a failed provision")
@@ -586,14 +591,15 @@ impl Backend for NeonBackend {
 
     async fn teardown(&self, resources: &Resources) -> Result<(), BackendError> {
         let dl = self.deadline();
+        let resources = resources.neon()?;
         let Some(branch_id) = self.recorded_branch(resources, dl).await? else {
             return Ok(());
         };
-        if let Some(role) = resource(resources, "role") {
+        {
             let path = self.client.project_path(&format!(
                 "/branches/{}/roles/{}",
                 seg(&branch_id),
-                seg(role)
+                seg(&resources.role)
             ));
             match self.call_and_wait(Method::DELETE, &path, None, dl).await {
                 Ok(_) => {}
@@ -616,7 +622,7 @@ impl Backend for NeonBackend {
         resources: &Resources,
         expires_at: DateTime<Utc>,
     ) -> Result<(), BackendError> {
-        let Some(branch_id) = resource(resources, "branch_id") else {
+        let Some(branch_id) = &resources.neon()?.branch_id else {
             return Err(BackendError::Invalid {
                 message: "the environment has no provisioned Neon branch".into(),
             });
@@ -651,8 +657,8 @@ impl Backend for NeonBackend {
     ) -> Result<(), BackendError> {
         let (branch_id, _, _) = self.live(resources)?;
         let dl = self.deadline();
-        let parent = match resource(resources, "parent_id") {
-            Some(p) => p.to_owned(),
+        let parent = match &resources.neon()?.parent_id {
+            Some(p) => p.clone(),
             None => self.parent_id(dl).await?,
         };
         let path = self

@@ -7,7 +7,7 @@
 use super::lock::AdvisoryLock;
 use super::names::{self, Kind};
 use super::{db_err, pool, template, Inner};
-use crate::backend::{resource, BackendError, Resources};
+use crate::backend::{BackendError, Resources};
 use std::collections::HashSet;
 use std::time::Instant;
 
@@ -36,8 +36,8 @@ pub async fn collect_garbage(
     drop(admin);
     let recorded: HashSet<&str> = accounted
         .iter()
-        .flat_map(|r| [resource(r, "database"), resource(r, "role")])
-        .flatten()
+        .filter_map(|r| r.postgres().ok())
+        .flat_map(|r| [r.database.as_str(), r.role.as_str()])
         .collect();
 
     let stale_template = |comment: Option<&str>, hash: &str| {

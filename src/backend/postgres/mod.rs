@@ -12,12 +12,12 @@ mod teardown;
 mod template;
 
 use super::{
-    object_name, resource, Backend, BackendError, BlueprintStatus, Connection, ProvisionRequest,
-    Resources, Secret, TargetHealth,
+    object_name, Backend, BackendError, BlueprintStatus, Capabilities, ProvisionRequest, Secret,
+    Support, TargetHealth,
 };
 use crate::blueprint::{Blueprint, MigrationFormat, SourceFile};
 use crate::configuration::PostgresTargetConfig;
-use crate::domain::{Isolation, PgIdent};
+use crate::domain::{Connection, Isolation, PgIdent, PostgresResources, Resources};
 use crate::pgconn::PgConnector;
 use crate::service::{Deadline, WorkQueue};
 use crate::sqlexec::migrations::{self, Session};
@@ -128,14 +128,6 @@ impl PostgresBackend {
                 orphans: Default::default(),
             }),
         })
-    }
-
-    /// The work queues of this target, by what waits in them (for their figures in `/metrics`).
-    pub fn queues(&self) -> Vec<(&'static str, Arc<WorkQueue>)> {
-        vec![
-            ("provision", self.inner.queue.clone()),
-            ("migration", self.inner.migration_queue.clone()),
-        ]
     }
 
     /// Hardens the cluster for untrusted roles: PUBLIC loses CONNECT on every database that is
@@ -543,15 +535,16 @@ struct EnvNames {
 }
 
 fn names(resources: &Resources) -> Result<EnvNames, BackendError> {
-    let get = |k: &str| {
-        resource(resources, k)
-            .and_then(|n| PgIdent::parse(n).ok())
-            .ok_or_else(|| {
-                BackendError::failed(format!("environment record lacks a valid `{k}` name"))
-            })
+    let r = resources
+        .postgres()
+        .map_err(|e| BackendError::failed(e.to_string()))?;
+    let valid = |k: &str, n: &str| {
+        PgIdent::parse(n).map_err(|_| {
+            BackendError::failed(format!("environment record lacks a valid `{k}` name"))
+        })
     };
-    let (db, role) = (get("database")?, get("role")?);
-    let in_schema = match resource(resources, "schema") {
+    let (db, role) = (valid("database", &r.database)?, valid("role", &r.role)?);
+    let in_schema = match &r.schema {
         None => false,
         Some(s) if s == role.as_str() => true,
         Some(_) => {
@@ -569,24 +562,34 @@ fn names(resources: &Resources) -> Result<EnvNames, BackendError> {
 
 #[async_trait::async_trait]
 impl Backend for PostgresBackend {
-    fn isolations(&self) -> &'static [Isolation] {
-        &[Isolation::Database, Isolation::Schema]
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            kind: "postgres",
+            isolations: &[Isolation::Database, Isolation::Schema],
+            blueprints: Support::Yes,
+            migrations: Support::Yes,
+            quotas: true,
+        }
+    }
+
+    fn queues(&self) -> Vec<(&'static str, Arc<WorkQueue>)> {
+        vec![
+            ("provision", self.inner.queue.clone()),
+            ("migration", self.inner.migration_queue.clone()),
+        ]
     }
 
     fn plan(&self, req: &ProvisionRequest) -> Result<Resources, BackendError> {
         let name = object_name(&req.key, &req.id.to_string());
-        let mut r = Resources::new();
-        match req.isolation {
+        let role = name.as_str().to_owned();
+        let (database, schema) = match req.isolation {
             // Database and role share one name: `sameuser` rules in pg_hba.conf can then pin
             // each role to its own database.
-            Isolation::Database => {
-                r.insert("database".into(), name.as_str().into());
-            }
+            Isolation::Database => (role.clone(), None),
             Isolation::Schema => {
                 schema::check_blueprint(req.blueprint.as_deref())?;
                 let shared = schema::shared_database(req.blueprint.as_deref());
-                r.insert("database".into(), shared.as_str().into());
-                r.insert("schema".into(), name.as_str().into());
+                (shared.as_str().to_owned(), Some(role.clone()))
             }
             other => {
                 return Err(BackendError::Invalid {
@@ -596,9 +599,12 @@ impl Backend for PostgresBackend {
                     ),
                 })
             }
-        }
-        r.insert("role".into(), name.as_str().into());
-        Ok(r)
+        };
+        Ok(Resources::Postgres(PostgresResources {
+            database,
+            role,
+            schema,
+        }))
     }
 
     async fn provision(
@@ -809,10 +815,6 @@ impl Backend for PostgresBackend {
         accounted: &[Resources],
     ) -> Result<Vec<String>, BackendError> {
         gc::collect_garbage(&self.inner, keep, known, accounted).await
-    }
-
-    fn has_quotas(&self) -> bool {
-        true
     }
 
     fn quota_for(&self, blueprint: Option<&Blueprint>) -> Option<u64> {

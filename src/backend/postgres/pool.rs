@@ -44,7 +44,9 @@ fn ledger_err(e: StoreError) -> BackendError {
             message,
             retry_after: None,
         },
-        StoreError::Query(e) => BackendError::failed(format!("pool ledger: {e}")),
+        e @ (StoreError::Query(_) | StoreError::Unreadable(_)) => {
+            BackendError::failed(format!("pool ledger: {e}"))
+        }
     }
 }
 
