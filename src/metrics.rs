@@ -4,16 +4,13 @@
 //! blueprints) or fixed words (states, operations, outcomes, routes) — never an environment's
 //! key, labels, credentials or a request's raw path.
 
-use crate::environments::{Environments, ServiceError};
-use crate::store::State;
 use prometheus_client::encoding::{text, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The OpenMetrics text format, which Prometheus scrapes natively.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -26,11 +23,6 @@ const CREATE_BUCKETS: [f64; 13] = [
 const REQUEST_BUCKETS: [f64; 12] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-
-/// How long targets' health and pools, read at a scrape, are reused: `/metrics` needs no token,
-/// so scraping it often must not turn into as many calls to a target (or to Neon's API).
-const PROBE_TTL: Duration = Duration::from_secs(5);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the service does to environments, counted in `previewdb_operations_total`.
 #[derive(Debug, Clone, Copy)]
@@ -53,25 +45,6 @@ impl Operation {
             Operation::Migrate => "migrate",
             Operation::Rotate => "rotate",
         }
-    }
-}
-
-/// The outcome of a failed operation: the caller's doing (`rejected`, `conflict`), a quota
-/// (`limit_reached`), or the service's or a target's (`error`), which is what to alert on.
-pub fn error_outcome(e: &ServiceError) -> &'static str {
-    match e {
-        ServiceError::Conflict(_) | ServiceError::Cancelled(_) => "conflict",
-        ServiceError::Invalid(_)
-        | ServiceError::NotFound(_)
-        | ServiceError::NotReady(_)
-        | ServiceError::Locked(_)
-        | ServiceError::MigrationFailed(_) => "rejected",
-        ServiceError::AtCapacity(_) | ServiceError::QueueFull { .. } => "limit_reached",
-        ServiceError::Unavailable { .. }
-        | ServiceError::DeadlineExceeded(_)
-        | ServiceError::ProvisioningFailed(_)
-        | ServiceError::BlueprintFailed(_)
-        | ServiceError::Internal(_) => "error",
     }
 }
 
@@ -126,15 +99,6 @@ struct PoolLabels {
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
-/// What targets looked like at the last probe.
-#[derive(Default)]
-struct Probe {
-    at: Option<Instant>,
-    up: Vec<(String, bool)>,
-    /// (target, blueprint, ready, size) of every blueprint on every target that builds templates.
-    pools: Vec<(String, String, usize, u32)>,
-}
-
 /// The metrics one process records; gauges of shared state are added at each scrape.
 pub struct Metrics {
     registry: Registry,
@@ -144,7 +108,6 @@ pub struct Metrics {
     sweep_failed: Counter,
     requests: Family<RequestLabels, Counter>,
     request_duration: Histograms<RouteLabels>,
-    probe: tokio::sync::Mutex<Probe>,
 }
 
 impl Default for Metrics {
@@ -206,12 +169,11 @@ impl Metrics {
             sweep_failed,
             requests,
             request_duration,
-            probe: Default::default(),
         }
     }
 
-    /// Counts an operation that ended in `outcome` (`ok`, `created`, `existing`, or one of
-    /// [`error_outcome`]).
+    /// Counts an operation that ended in `outcome` (`ok`, `created`, `existing`, or the
+    /// outcome of its error: `conflict`, `rejected`, `limit_reached`, `error`).
     pub fn operation(&self, operation: Operation, outcome: &'static str) {
         self.operations
             .get_or_create(&OperationLabels {
@@ -257,25 +219,49 @@ impl Metrics {
     }
 }
 
-/// The exposition: this process's counters and histograms, then gauges read now from the
-/// control store (environments by target and state) and, at most every few seconds, from the
-/// targets (health, pools).
-pub async fn render(envs: &Environments) -> String {
-    let metrics = envs.metrics();
+/// Shared state as the service read it for one scrape.
+pub struct Snapshot {
+    /// Environments by (target, state), zeros included; `None` when the control store did not
+    /// answer.
+    pub environments: Option<Vec<(String, &'static str, i64)>>,
+    /// Locked environments by target, zeros included; `None` when not answered.
+    pub locked: Option<Vec<(String, i64)>>,
+    pub targets: Vec<TargetFigures>,
+    /// The warm pool of every blueprint on every target that builds templates and answered.
+    pub pools: Vec<PoolFigures>,
+}
+
+pub struct TargetFigures {
+    pub name: String,
+    /// Whether it answered its last health check.
+    pub up: bool,
+    pub max_environments: u32,
+    /// (queue, waiting, running) of each of its work queues.
+    pub queues: Vec<(&'static str, usize, usize)>,
+}
+
+#[derive(Clone)]
+pub struct PoolFigures {
+    pub target: String,
+    pub blueprint: String,
+    pub ready: usize,
+    pub size: u32,
+}
+
+/// The exposition: this process's counters and histograms, then the gauges of `snapshot`.
+pub fn render(metrics: &Metrics, snapshot: &Snapshot) -> String {
     let mut scrape = Registry::with_prefix("previewdb");
+    register_environments(&mut scrape, snapshot);
+    register_targets(&mut scrape, snapshot);
+    let mut out = String::new();
+    text::encode_registry(&mut out, &metrics.registry)
+        .and_then(|()| text::encode_registry(&mut out, &scrape))
+        .and_then(|()| text::encode_eof(&mut out))
+        .expect("writing to a String cannot fail");
+    out
+}
 
-    let (counts, locked, probe) = tokio::join!(
-        envs.store().count_by_target_and_state(),
-        envs.store().count_locked(),
-        async {
-            let mut probe = metrics.probe.lock().await;
-            if probe.at.is_none_or(|at| at.elapsed() >= PROBE_TTL) {
-                *probe = probe_targets(envs).await;
-            }
-            (probe.up.clone(), probe.pools.clone())
-        }
-    );
-
+fn register_environments(scrape: &mut Registry, snapshot: &Snapshot) {
     let store_up = Gauge::<i64>::default();
     scrape.register(
         "control_store_up",
@@ -288,38 +274,31 @@ pub async fn render(envs: &Environments) -> String {
         "Environments in the control store by target and state (deleted ones are tombstones)",
         environments.clone(),
     );
-    match counts {
-        Ok(rows) => {
-            store_up.set(1);
-            let mut by: BTreeMap<(String, &'static str), i64> = envs
-                .targets()
-                .flat_map(|t| State::ALL.map(|s| ((t.name.clone(), s.as_str()), 0)))
-                .collect();
-            for (target, state, n) in rows {
-                by.insert((target, state.as_str()), n);
-            }
-            for ((target, state), n) in by {
-                environments
-                    .get_or_create(&EnvironmentLabels { target, state })
-                    .set(n);
-            }
+    if let Some(rows) = &snapshot.environments {
+        store_up.set(1);
+        for (target, state, n) in rows {
+            let labels = EnvironmentLabels {
+                target: target.clone(),
+                state,
+            };
+            environments.get_or_create(&labels).set(*n);
         }
-        Err(e) => tracing::warn!(error = %e, "metrics: control store did not answer"),
     }
-
-    let locked_gauge = Family::<TargetLabels, Gauge>::default();
+    let locked = Family::<TargetLabels, Gauge>::default();
     scrape.register(
         "environments_locked",
         "Ready environments whose logins are refused because they are over their size quota",
-        locked_gauge.clone(),
+        locked.clone(),
     );
-    if let Ok(rows) = locked {
-        let mut by: BTreeMap<String, i64> = envs.targets().map(|t| (t.name.clone(), 0)).collect();
-        by.extend(rows);
-        for (target, n) in by {
-            locked_gauge.get_or_create(&TargetLabels { target }).set(n);
-        }
+    for (target, n) in snapshot.locked.iter().flatten() {
+        let labels = TargetLabels {
+            target: target.clone(),
+        };
+        locked.get_or_create(&labels).set(*n);
     }
+}
+
+fn register_targets(scrape: &mut Registry, snapshot: &Snapshot) {
     let queued = Family::<QueueLabels, Gauge>::default();
     scrape.register(
         "provision_queue_waiting",
@@ -332,40 +311,33 @@ pub async fn render(envs: &Environments) -> String {
         "Heavy work (cold clones, builds, migrations, resets, refills) running on the target",
         running.clone(),
     );
-    for t in envs.targets() {
-        for (queue, q) in &t.queues {
-            let labels = QueueLabels {
-                target: t.name.clone(),
-                queue,
-            };
-            queued.get_or_create(&labels).set(q.queued() as i64);
-            running.get_or_create(&labels).set(q.running() as i64);
-        }
-    }
-
-    let (up, pools) = probe;
     let target_up = Family::<TargetLabels, Gauge>::default();
     scrape.register(
         "target_up",
         "1 if the target answered its health check (probed at most every 5 s)",
         target_up.clone(),
     );
-    for (target, healthy) in up {
-        target_up
-            .get_or_create(&TargetLabels { target })
-            .set(i64::from(healthy));
-    }
     let max_environments = Family::<TargetLabels, Gauge>::default();
     scrape.register(
         "target_max_environments",
         "The configured max_environments of the target",
         max_environments.clone(),
     );
-    for t in envs.targets() {
-        max_environments
-            .get_or_create(&TargetLabels {
+    for t in &snapshot.targets {
+        for (queue, waiting, busy) in &t.queues {
+            let labels = QueueLabels {
                 target: t.name.clone(),
-            })
+                queue,
+            };
+            queued.get_or_create(&labels).set(*waiting as i64);
+            running.get_or_create(&labels).set(*busy as i64);
+        }
+        let labels = TargetLabels {
+            target: t.name.clone(),
+        };
+        target_up.get_or_create(&labels).set(i64::from(t.up));
+        max_environments
+            .get_or_create(&labels)
             .set(i64::from(t.max_environments));
     }
     let pool_ready = Family::<PoolLabels, Gauge>::default();
@@ -380,54 +352,14 @@ pub async fn render(envs: &Environments) -> String {
         "The configured pool_size of the blueprint",
         pool_size.clone(),
     );
-    for (target, blueprint, ready, size) in pools {
-        let labels = PoolLabels { target, blueprint };
+    for p in &snapshot.pools {
+        let labels = PoolLabels {
+            target: p.target.clone(),
+            blueprint: p.blueprint.clone(),
+        };
         pool_ready
             .get_or_create(&labels)
-            .set(i64::try_from(ready).unwrap_or(i64::MAX));
-        pool_size.get_or_create(&labels).set(i64::from(size));
-    }
-
-    let mut out = String::new();
-    text::encode_registry(&mut out, &metrics.registry)
-        .and_then(|()| text::encode_registry(&mut out, &scrape))
-        .and_then(|()| text::encode_eof(&mut out))
-        .expect("writing to a String cannot fail");
-    out
-}
-
-/// Health of every target and pool fill of every blueprint on targets that build templates,
-/// all at once, each bounded in time.
-async fn probe_targets(envs: &Environments) -> Probe {
-    use futures_util::future::join_all;
-    let up = join_all(envs.targets().map(|t| async move {
-        let healthy = tokio::time::timeout(PROBE_TIMEOUT, t.backend.health())
-            .await
-            .is_ok_and(|h| h.healthy);
-        (t.name.clone(), healthy)
-    }));
-    let pools = join_all(
-        envs.targets()
-            .filter(|t| t.capabilities.blueprints.is_yes())
-            .flat_map(|t| envs.blueprints().map(move |bp| (t, bp)))
-            .map(|(t, bp)| async move {
-                let status = tokio::time::timeout(PROBE_TIMEOUT, t.backend.blueprint_status(bp))
-                    .await
-                    .ok()?;
-                // Without a hash the target was not reached: no figure rather than a false 0.
-                status.hash.as_ref()?;
-                Some((
-                    t.name.clone(),
-                    bp.name.to_string(),
-                    status.pool_ready,
-                    status.pool_size,
-                ))
-            }),
-    );
-    let (up, pools) = tokio::join!(up, pools);
-    Probe {
-        at: Some(Instant::now()),
-        up,
-        pools: pools.into_iter().flatten().collect(),
+            .set(i64::try_from(p.ready).unwrap_or(i64::MAX));
+        pool_size.get_or_create(&labels).set(i64::from(p.size));
     }
 }

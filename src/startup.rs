@@ -3,8 +3,8 @@
 use crate::backend::registry::build_targets;
 use crate::blueprint::Blueprint;
 use crate::configuration::Config;
-use crate::environments::{Defaults, Environments};
 use crate::http::{router, AppState};
+use crate::service::{Defaults, Environments};
 use crate::store::{Sealer, Store};
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -64,7 +64,7 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let lifecycle = tokio::spawn(crate::lifecycle::run(
+        let lifecycle = tokio::spawn(crate::service::run_upkeep(
             self.envs.clone(),
             self.upkeep_interval,
         ));

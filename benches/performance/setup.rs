@@ -140,7 +140,7 @@ impl Service {
             .env_remove(previewdb::configuration::ENV_CONTROL_URL)
             .env_remove(previewdb::configuration::ENV_LISTEN)
             .env_remove(previewdb::configuration::ENV_ENCRYPTION_KEY)
-            .env(previewdb::lifecycle::NO_WARM_UP_ENV, "1")
+            .env(previewdb::service::NO_WARM_UP_ENV, "1")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -10,7 +10,7 @@ pub mod postgres;
 pub mod registry;
 
 use crate::blueprint::{Blueprint, SourceFile};
-use crate::domain::{Connection, EnvKey, Isolation, Resources};
+use crate::domain::{Connection, EnvKey, InvalidInput, Isolation, Resources};
 use crate::service::{Deadline, QueueFull, WorkQueue};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -73,9 +73,10 @@ pub enum BackendError {
     /// The target refuses because a limit was reached (e.g. Neon's branch limit).
     #[error("{message}")]
     LimitReached { message: String },
-    /// The request cannot be served as asked (e.g. an isolation the backend lacks).
-    #[error("{message}")]
-    Invalid { message: String },
+    /// The request cannot be served as asked (e.g. an isolation the backend lacks); names the
+    /// request's field.
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
     /// The target answered with an error.
     #[error("{message}")]
     Failed {
@@ -256,9 +257,7 @@ pub trait Backend: Send + Sync {
         _password: &Secret,
         _deadline: &Deadline,
     ) -> Result<usize, BackendError> {
-        Err(BackendError::Invalid {
-            message: "this target does not apply migrations".into(),
-        })
+        Err(InvalidInput::new("migrations", "this target does not apply migrations").into())
     }
 
     /// Drops templates and pooled databases of blueprint hashes not in `keep` (those of
@@ -287,9 +286,7 @@ pub trait Backend: Send + Sync {
     /// Refuses the environment's logins and ends its sessions (`locked`), or lets it log in
     /// again. Only called where `capabilities().quotas` says so.
     async fn set_locked(&self, _resources: &Resources, _locked: bool) -> Result<(), BackendError> {
-        Err(BackendError::Invalid {
-            message: "this target cannot lock environments".into(),
-        })
+        Err(BackendError::failed("this target cannot lock environments"))
     }
 }
 

@@ -5,7 +5,7 @@ use super::{paging, ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::blueprint::SourceFile;
 use crate::configuration::Scope;
 use crate::domain::{EnvKey, Isolation, Labels, Ttl};
-use crate::environments::{CreateSpec, Env};
+use crate::service::{CreateSpec, Env};
 use crate::store::{EnvRecord, ListFilter, State};
 use axum::extract::State as AxState;
 use axum::http::StatusCode;

@@ -1,7 +1,7 @@
 //! The one error type of the API, rendered as RFC 9457 `application/problem+json` with a stable
 //! machine-readable `code`.
 
-use crate::environments::ServiceError;
+use crate::service::{Class, ServiceError};
 use axum::extract::rejection::JsonRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -65,44 +65,32 @@ impl IntoResponse for ApiError {
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         use StatusCode as S;
-        match e {
-            ServiceError::Invalid(i) => ApiError::invalid(i.to_string()),
-            ServiceError::NotFound(_) => ApiError::not_found(e.to_string()),
-            ServiceError::Conflict(m) => ApiError::new(S::CONFLICT, "settings_conflict", m),
-            ServiceError::NotReady(m) => ApiError::new(S::CONFLICT, "not_ready", m),
-            ServiceError::AtCapacity(m) => ApiError::new(S::TOO_MANY_REQUESTS, "limit_reached", m),
-            ServiceError::Unavailable {
-                message,
-                retry_after,
-            } => ApiError {
-                retry_after: Some(retry_after.as_secs().max(1)),
-                ..ApiError::new(S::SERVICE_UNAVAILABLE, "unavailable", message)
-            },
-            ServiceError::ProvisioningFailed(m) => {
-                ApiError::new(S::BAD_GATEWAY, "provisioning_failed", m)
+        let (status, code, retry_after) = match e.class() {
+            Class::Invalid => (S::UNPROCESSABLE_ENTITY, "invalid_input", None),
+            Class::NotFound => (S::NOT_FOUND, "not_found", None),
+            Class::Conflict => (S::CONFLICT, "settings_conflict", None),
+            Class::NotReady => (S::CONFLICT, "not_ready", None),
+            Class::Cancelled => (S::CONFLICT, "cancelled", None),
+            Class::Locked => (S::CONFLICT, "locked", None),
+            Class::AtCapacity => (S::TOO_MANY_REQUESTS, "limit_reached", None),
+            Class::QueueFull { retry_after } => {
+                (S::SERVICE_UNAVAILABLE, "queue_full", Some(retry_after))
             }
-            ServiceError::BlueprintFailed(m) => {
-                ApiError::new(S::UNPROCESSABLE_ENTITY, "blueprint_failed", m)
+            Class::Unavailable { retry_after } => {
+                (S::SERVICE_UNAVAILABLE, "unavailable", Some(retry_after))
             }
-            ServiceError::MigrationFailed(m) => {
-                ApiError::new(S::UNPROCESSABLE_ENTITY, "migration_failed", m)
-            }
-            ServiceError::DeadlineExceeded(m) => {
-                ApiError::new(S::GATEWAY_TIMEOUT, "deadline_exceeded", m)
-            }
-            ServiceError::QueueFull {
-                message,
-                retry_after,
-            } => ApiError {
-                retry_after: Some(retry_after.as_secs().max(1)),
-                ..ApiError::new(S::SERVICE_UNAVAILABLE, "queue_full", message)
-            },
-            ServiceError::Cancelled(m) => ApiError::new(S::CONFLICT, "cancelled", m),
-            ServiceError::Locked(m) => ApiError::new(S::CONFLICT, "locked", m),
-            ServiceError::Internal(m) => {
-                tracing::error!(error = %m, "internal error");
-                ApiError::new(S::INTERNAL_SERVER_ERROR, "internal", m)
-            }
+            Class::DeadlineExceeded => (S::GATEWAY_TIMEOUT, "deadline_exceeded", None),
+            Class::BlueprintFailed => (S::UNPROCESSABLE_ENTITY, "blueprint_failed", None),
+            Class::MigrationFailed => (S::UNPROCESSABLE_ENTITY, "migration_failed", None),
+            Class::ProvisioningFailed => (S::BAD_GATEWAY, "provisioning_failed", None),
+            Class::Internal => (S::INTERNAL_SERVER_ERROR, "internal", None),
+        };
+        if status.is_server_error() {
+            tracing::warn!(code, error = %e.chain(), "request failed");
+        }
+        ApiError {
+            retry_after: retry_after.map(|d| d.as_secs().max(1)),
+            ..ApiError::new(status, code, e.to_string())
         }
     }
 }

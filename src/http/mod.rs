@@ -12,7 +12,7 @@ mod system;
 pub use error::ApiError;
 
 use crate::configuration::ApiToken;
-use crate::environments::Environments;
+use crate::service::Environments;
 use axum::extract::{
     DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State,
 };

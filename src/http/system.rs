@@ -3,7 +3,7 @@
 use super::auth::Caller;
 use super::{ApiError, AppState};
 use crate::configuration::Scope;
-use crate::environments::SweepReport;
+use crate::service::SweepReport;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::Json;
@@ -15,7 +15,7 @@ pub async fn healthz() -> Json<Value> {
 
 /// Ready when the control store answers.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    match state.envs.store().ping().await {
+    match state.envs.ready().await {
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -26,7 +26,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
 
 /// Prometheus metrics, without a token like `/healthz`: nothing in them names an environment.
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
-    let body = crate::metrics::render(&state.envs).await;
+    let snapshot = state.envs.snapshot().await;
+    let body = crate::metrics::render(state.envs.metrics(), &snapshot);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body)
 }
 
@@ -35,24 +36,7 @@ pub async fn targets(
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
-    let mut items = vec![];
-    for t in state.envs.targets() {
-        let health = t.backend.health().await;
-        let live = state
-            .envs
-            .store()
-            .count_live(&t.name)
-            .await
-            .map_err(crate::environments::ServiceError::from)?;
-        items.push(json!({
-            "name": t.name,
-            "kind": t.capabilities.kind,
-            "isolations": t.capabilities.isolations,
-            "health": health,
-            "live_environments": live,
-            "max_environments": t.max_environments,
-        }));
-    }
+    let items = state.envs.target_views().await?;
     Ok(Json(json!({ "items": items })))
 }
 

@@ -91,7 +91,7 @@ pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub cluster: Arc<Cluster>,
-    pub app: Arc<previewdb::environments::Environments>,
+    pub app: Arc<previewdb::service::Environments>,
 }
 
 impl TestApp {

@@ -8,7 +8,7 @@ use crate::backend::{
     TargetHealth,
 };
 use crate::configuration::NeonTargetConfig;
-use crate::domain::{Connection, Isolation, NeonResources, Resources, Ttl};
+use crate::domain::{Connection, InvalidInput, Isolation, NeonResources, Resources, Ttl};
 use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, SecondsFormat, Utc};
 use client::{seg, ClientSettings, Deadline, NeonClient, NeonError, Reply};
@@ -484,9 +484,7 @@ impl NeonBackend {
         let r = resources.neon()?;
         match (&r.branch_id, &r.endpoint_host) {
             (Some(b), Some(h)) => Ok((b, &r.role, h)),
-            _ => Err(BackendError::Invalid {
-                message: "the environment has no provisioned Neon branch".into(),
-            }),
+            _ => Err(no_branch()),
         }
     }
 }
@@ -510,12 +508,14 @@ impl Backend for NeonBackend {
 
     fn plan(&self, req: &ProvisionRequest) -> Result<Resources, BackendError> {
         if req.isolation != Isolation::Branch {
-            return Err(BackendError::Invalid {
-                message: format!(
+            return Err(InvalidInput::new(
+                "isolation",
+                format!(
                     "Neon target {} offers isolation \"branch\" only",
                     self.target
                 ),
-            });
+            )
+            .into());
         }
         // From the key alone, so that a rerun after a crash finds the same branch and role.
         Ok(Resources::Neon(NeonResources {
@@ -623,9 +623,7 @@ impl Backend for NeonBackend {
         expires_at: DateTime<Utc>,
     ) -> Result<(), BackendError> {
         let Some(branch_id) = &resources.neon()?.branch_id else {
-            return Err(BackendError::Invalid {
-                message: "the environment has no provisioned Neon branch".into(),
-            });
+            return Err(no_branch());
         };
         self.set_expiry(branch_id, expires_at, self.deadline())
             .await
@@ -689,6 +687,12 @@ impl Backend for NeonBackend {
             },
         }
     }
+}
+
+/// A ready environment whose record lacks its branch: the record is inconsistent, not the
+/// caller's request.
+fn no_branch() -> BackendError {
+    BackendError::failed("the environment has no provisioned Neon branch")
 }
 
 /// Neon's answers that mean "already gone" for a delete.

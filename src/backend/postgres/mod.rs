@@ -17,7 +17,7 @@ use super::{
 };
 use crate::blueprint::{Blueprint, MigrationFormat, SourceFile};
 use crate::configuration::PostgresTargetConfig;
-use crate::domain::{Connection, Isolation, PgIdent, PostgresResources, Resources};
+use crate::domain::{Connection, InvalidInput, Isolation, PgIdent, PostgresResources, Resources};
 use crate::pgconn::PgConnector;
 use crate::service::{Deadline, WorkQueue};
 use crate::sqlexec::migrations::{self, Session};
@@ -592,12 +592,14 @@ impl Backend for PostgresBackend {
                 (shared.as_str().to_owned(), Some(role.clone()))
             }
             other => {
-                return Err(BackendError::Invalid {
-                    message: format!(
+                return Err(InvalidInput::new(
+                    "isolation",
+                    format!(
                         "isolation {:?} is not offered by this target",
                         other.as_str()
                     ),
-                })
+                )
+                .into())
             }
         };
         Ok(Resources::Postgres(PostgresResources {

@@ -11,7 +11,7 @@
 use super::{db_err, template, Inner, RunGuard, MARK_PREFIX};
 use crate::backend::{BackendError, ProvisionRequest, Secret};
 use crate::blueprint::{Blueprint, SourceFile};
-use crate::domain::PgIdent;
+use crate::domain::{InvalidInput, PgIdent};
 use crate::service::Deadline;
 use crate::sqlexec::migrations::Session;
 use postgres_protocol::escape::escape_literal;
@@ -33,15 +33,17 @@ pub(super) fn shared_database(blueprint: Option<&Blueprint>) -> PgIdent {
 
 pub(super) fn check_blueprint(blueprint: Option<&Blueprint>) -> Result<(), BackendError> {
     match blueprint.and_then(|bp| bp.schema.as_ref().map(|s| (bp, s))) {
-        Some((bp, dump)) => Err(BackendError::Invalid {
-            message: format!(
+        Some((bp, dump)) => Err(InvalidInput::new(
+            "isolation",
+            format!(
                 "blueprint {:?} starts from a pg_dump file ({}), which names every object with \
                  its schema (public.…) and so cannot be loaded into an environment's own schema; \
                  use isolation \"database\" for it",
                 bp.name.as_str(),
                 dump.name
             ),
-        }),
+        )
+        .into()),
         None => Ok(()),
     }
 }
