@@ -834,3 +834,62 @@ async fn a_changed_blueprint_retires_its_old_pool_and_unused_templates_are_dropp
     );
     let _ = kept;
 }
+
+/// A template build cut off by its deadline while it holds the target-wide build lock (its
+/// migration sleeps) gives the lock up at once: the lock's session ends with the build, so no
+/// later build of that hash waits for a lock nobody holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_cut_off_by_its_deadline_leaves_no_advisory_lock() {
+    let dir = temp_dir();
+    let migrations = dir.path().join("sleepy");
+    write_files(&migrations, &[("V1__sleep.sql", "SELECT pg_sleep(60);\n")]);
+    let file = dir.path().join("blueprints.toml");
+    let toml = format!(
+        "[blueprints.sleepy]\nmigrations = {:?}\nmigrations_format = \"refinery\"\npool_size = 0\n",
+        migrations.display().to_string()
+    );
+    std::fs::write(&file, toml).unwrap();
+    let cluster = cluster().await;
+    let mut config = cluster.config.clone();
+    config.provision_timeout = std::time::Duration::from_secs(5);
+    config.merge_file(&file).expect("blueprint config");
+    let app = TestApp::spawn_with(cluster, config).await;
+    let (_, status) = app.get("/v1/blueprints/sleepy").await;
+    let hash = status["targets"]["local"]["hash"].as_str().unwrap();
+    let key = previewdb::advisory_key("template", &format!("pdb_bld_sleepy_{hash}"));
+    let admin = app.admin("postgres").await;
+    let held = || async {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND objsubid = 1 AND (classid::bigint << 32 | objid::bigint) = $1",
+                &[&key],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let create = app.post(
+        "/v1/environments",
+        json!({ "key": "sleepy/one", "blueprint": "sleepy" }),
+    );
+    let watch = async {
+        let mut seen = false;
+        for _ in 0..100 {
+            seen |= held().await == 1;
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+        seen
+    };
+    let ((status, problem), seen) = tokio::join!(create, watch);
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{problem}");
+    assert!(seen, "the build held its lock while it ran");
+    let gone_by = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while held().await != 0 {
+        assert!(
+            std::time::Instant::now() < gone_by,
+            "the build lock outlived the build"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

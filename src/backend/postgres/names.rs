@@ -12,8 +12,17 @@
 //! | `pdb_shared`, `pdb_shared_<blueprint>` | the shared database of schema isolation, and the role whose members may connect to it |
 
 use crate::blueprint::Blueprint;
+use crate::domain::PgIdent;
 
 pub const PREFIX: &str = "pdb_";
+
+/// What an environment is made of on the target, read back from its record.
+pub(super) struct EnvNames {
+    pub db: PgIdent,
+    pub role: PgIdent,
+    /// `schema` isolation: a schema named after the role in the shared database `db`.
+    pub in_schema: bool,
+}
 
 /// What a name that carries the prefix stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +75,16 @@ pub fn pool_entry(bp: &Blueprint, hash: &str, suffix: &str) -> (String, String) 
         format!("pdb_fill_{bp}_{hash}_{suffix}"),
         format!("pdb_pool_{bp}_{hash}_{suffix}"),
     )
+}
+
+/// The shared database of `blueprint`'s environments in schema isolation (or of those without
+/// one); its name is also that of the role whose members may connect to it.
+pub(super) fn shared_database(blueprint: Option<&Blueprint>) -> PgIdent {
+    let name = match blueprint {
+        Some(bp) => format!("pdb_shared_{}", bp_part(bp, 40)),
+        None => "pdb_shared".to_owned(),
+    };
+    PgIdent::parse(&name).expect("made of a valid identifier")
 }
 
 /// Reads a name; `None` for names without the prefix (never previewdb's).

@@ -13,10 +13,15 @@
 //! of that pool (or by garbage collection once nobody holds the pool's fill lock), and the next
 //! filler also drops ready entries the ledger lacks and ledger rows whose entry is gone.
 
+use super::admin::{self, db_err, quote, Object};
 use super::lock::AdvisoryLock;
-use super::{db_err, names, quote, template::TemplateInfo, Inner, MARK_PREFIX};
+use super::marks;
+use super::names::{self, Kind};
+use super::target::{new_password, Inner};
+use super::template::{self, TemplateInfo};
 use crate::backend::{BackendError, ProvisionRequest, Secret};
 use crate::blueprint::Blueprint;
+use crate::domain::PgIdent;
 use crate::store::{PoolEntry, StoreError};
 use postgres_protocol::escape::escape_literal;
 use rand::distributions::{Alphanumeric, DistString};
@@ -25,18 +30,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
 
-/// One filler per pool in this process.
-#[derive(Default)]
-pub struct WarmPool {
-    fillers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
 /// The advisory-lock namespace of pool fillers, keyed by template hash.
-pub const FILL_LOCK: &str = "pool";
+pub(super) const FILL_LOCK: &str = "pool";
 
 /// Ledger rows tried per hand-out before it falls back to a clone: a row's entry may be gone
 /// (collected with its template, or dropped by a filler's repair).
 const CLAIM_ATTEMPTS: usize = 3;
+
+/// How long a refill waits after a hand-out while the pool is still at least half full: a
+/// clone writes its whole template to the WAL that the next hand-outs' commits wait on, so a
+/// run of hand-outs goes first. Below half, the refill starts at once.
+const REFILL_SETTLE: Duration = Duration::from_millis(250);
+
+/// One filler per pool in this process.
+#[derive(Default)]
+pub(super) struct WarmPool {
+    fillers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
 
 fn ledger_err(e: StoreError) -> BackendError {
     match e {
@@ -52,19 +62,19 @@ fn ledger_err(e: StoreError) -> BackendError {
 
 /// Takes a ready pool entry for the environment, renaming it and its role to the environment's
 /// names. `None` when the pool is empty.
-pub async fn claim(
+pub(super) async fn claim(
     inner: &Inner,
     bp: &Blueprint,
     tpl: &TemplateInfo,
     req: &ProvisionRequest,
-    db: &crate::domain::PgIdent,
-    role: &crate::domain::PgIdent,
+    db: &PgIdent,
+    role: &PgIdent,
 ) -> Result<Option<Secret>, BackendError> {
     if bp.pool_size == 0 {
         return Ok(None);
     }
     let pool = names::pool_prefix(bp, &tpl.hash);
-    let mark = escape_literal(&format!("{MARK_PREFIX}{}", req.id));
+    let mark = marks::env(req.id);
     for _ in 0..CLAIM_ATTEMPTS {
         let Some(entry) = inner
             .store
@@ -82,28 +92,28 @@ pub async fn claim(
         // One implicit transaction: both renames and the login, or nothing.
         let sql = format!(
             "ALTER ROLE {from} RENAME TO {role}; ALTER DATABASE {from} RENAME TO {db}; \
-             ALTER ROLE {role} {login}; COMMENT ON ROLE {role} IS {mark}; \
-             COMMENT ON DATABASE {db} IS {mark}",
+             ALTER ROLE {role} {login}; {role_mark}; {db_mark}",
             from = quote(&entry.name),
             role = role.quoted(),
             db = db.quoted(),
             login = inner.login_grant(req.expires_at),
+            role_mark = admin::comment_on(Object::Role, role.as_str(), &mark),
+            db_mark = admin::comment_on(Object::Database, db.as_str(), &mark),
         );
         match inner.admin().await?.batch_execute(&sql).await {
             Ok(()) => return Ok(Some(Secret::new(password))),
-            Err(e) => {
+            // The server refused this entry (gone, say): the next one may do.
+            Err(e) if e.as_db_error().is_some() => {
                 tracing::debug!(entry = %entry.name, error = %e, "pool entry not claimable");
-                if e.as_db_error().is_none() {
-                    return Err(db_err(e));
-                }
             }
+            Err(e) => return Err(db_err(e)),
         }
     }
     Ok(None)
 }
 
 /// The ready entries of a pool, as the ledger knows them.
-pub async fn ready_count(inner: &Inner, bp: &Blueprint, hash: &str) -> usize {
+pub(super) async fn ready_count(inner: &Inner, bp: &Blueprint, hash: &str) -> usize {
     inner
         .store
         .count_pool_entries(&inner.target, &names::pool_prefix(bp, hash))
@@ -111,62 +121,76 @@ pub async fn ready_count(inner: &Inner, bp: &Blueprint, hash: &str) -> usize {
         .unwrap_or(0) as usize
 }
 
-/// How long a refill waits after a hand-out while the pool is still at least half full: a
-/// clone writes its whole template to the WAL that the next hand-outs' commits wait on, so a
-/// run of hand-outs goes first. Below half, the refill starts at once.
-const REFILL_SETTLE: Duration = Duration::from_millis(250);
-
-pub fn refill_in_background(inner: Arc<Inner>, bp: Arc<Blueprint>, tpl: TemplateInfo) {
-    if bp.pool_size == 0 {
-        return;
+impl WarmPool {
+    pub fn refill_in_background(
+        self: &Arc<Self>,
+        inner: Arc<Inner>,
+        bp: Arc<Blueprint>,
+        tpl: TemplateInfo,
+    ) {
+        if bp.pool_size == 0 {
+            return;
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if ready_count(&inner, &bp, &tpl.hash).await * 2 >= bp.pool_size as usize {
+                tokio::time::sleep(REFILL_SETTLE).await;
+            }
+            if let Err(e) = pool.fill(&inner, &bp, &tpl, false).await {
+                tracing::warn!(blueprint = %bp.name, error = %e, "pool refill failed");
+            }
+        });
     }
-    tokio::spawn(async move {
-        if ready_count(&inner, &bp, &tpl.hash).await * 2 >= bp.pool_size as usize {
-            tokio::time::sleep(REFILL_SETTLE).await;
+
+    /// Tops the pool of `bp` up to its size, retiring entries of older hashes. One filler per
+    /// pool across replicas (an advisory lock): with `wait`, for the one at work to finish and
+    /// then top up; without, leave the work to it.
+    pub async fn fill(
+        &self,
+        inner: &Inner,
+        bp: &Blueprint,
+        tpl: &TemplateInfo,
+        wait: bool,
+    ) -> Result<(), BackendError> {
+        let filler = self
+            .fillers
+            .lock()
+            .unwrap()
+            .entry(tpl.hash.clone())
+            .or_default()
+            .clone();
+        let _local = match filler.try_lock() {
+            Ok(guard) => guard,
+            Err(_) if wait => filler.lock().await,
+            Err(_) => return Ok(()),
+        };
+        let size = bp.pool_size as usize;
+        // A refill after a hand-out from a pool others keep full costs one ledger count, not a
+        // session of its own for the lock.
+        if !wait && ready_count(inner, bp, &tpl.hash).await >= size {
+            return Ok(());
         }
-        if let Err(e) = fill(&inner, &bp, &tpl, false).await {
-            tracing::warn!(blueprint = %bp.name, error = %e, "pool refill failed");
-        }
-    });
+        let server = &inner.admin_server;
+        let _lock = if wait {
+            AdvisoryLock::acquire(server, FILL_LOCK, &tpl.hash).await?
+        } else {
+            match AdvisoryLock::try_acquire(server, FILL_LOCK, &tpl.hash).await? {
+                Some(lock) => lock,
+                None => return Ok(()),
+            }
+        };
+        retire(inner, bp, tpl).await?;
+        top_up(inner, bp, tpl, size).await
+    }
 }
 
-/// Tops the pool of `bp` up to its size, retiring entries of older hashes. One filler per
-/// pool across replicas (an advisory lock): with `wait`, for the one at work to finish and
-/// then top up; without, leave the work to it.
-pub async fn fill(
+/// Adds entries until the pool holds `size`.
+async fn top_up(
     inner: &Inner,
     bp: &Blueprint,
     tpl: &TemplateInfo,
-    wait: bool,
+    size: usize,
 ) -> Result<(), BackendError> {
-    let filler = inner
-        .pool
-        .fillers
-        .lock()
-        .unwrap()
-        .entry(tpl.hash.clone())
-        .or_default()
-        .clone();
-    let _local = match filler.try_lock() {
-        Ok(guard) => guard,
-        Err(_) if wait => filler.lock().await,
-        Err(_) => return Ok(()),
-    };
-    let size = bp.pool_size as usize;
-    // A refill after a hand-out from a pool others keep full costs one ledger count, not a
-    // session of its own for the lock.
-    if !wait && ready_count(inner, bp, &tpl.hash).await >= size {
-        return Ok(());
-    }
-    let _lock = if wait {
-        AdvisoryLock::acquire(inner, FILL_LOCK, &tpl.hash).await?
-    } else {
-        match AdvisoryLock::try_acquire(inner, FILL_LOCK, &tpl.hash).await? {
-            Some(lock) => lock,
-            None => return Ok(()),
-        }
-    };
-    retire(inner, bp, tpl).await?;
     loop {
         let missing = size.saturating_sub(ready_count(inner, bp, &tpl.hash).await);
         if missing == 0 {
@@ -204,18 +228,15 @@ async fn retire(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(),
     // name it, but this target repairs only its own rows.
     let rows_of_all = inner.store.pool_entry_names().await.map_err(ledger_err)?;
     let ledger: HashSet<&str> = rows_of_all.iter().map(|(_, n)| n.as_str()).collect();
-    let this_bp = Some(names::pool_blueprint(bp));
-    let this_pool = names::pool_prefix(bp, &tpl.hash);
+    let this_bp = names::pool_blueprint(bp);
     let mut present = HashSet::new();
     for row in rows {
         let name: String = row.get(0);
         let retired = match names::kind(&name) {
-            Some(names::Kind::Pool { blueprint, hash }) if Some(&blueprint) == this_bp.as_ref() => {
+            Some(Kind::Pool { blueprint, hash }) if blueprint == this_bp => {
                 hash != tpl.hash || !ledger.contains(name.as_str())
             }
-            Some(names::Kind::Fill { blueprint, hash }) => {
-                Some(&blueprint) == this_bp.as_ref() && hash == tpl.hash
-            }
+            Some(Kind::Fill { blueprint, hash }) => blueprint == this_bp && hash == tpl.hash,
             _ => false,
         };
         if retired {
@@ -224,12 +245,13 @@ async fn retire(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(),
             present.insert(name);
         }
     }
+    let this_pool = names::pool_prefix(bp, &tpl.hash);
     let gone: Vec<String> = rows_of_all
-        .iter()
+        .into_iter()
         .filter(|(target, name)| {
             *target == inner.target && name.starts_with(&this_pool) && !present.contains(name)
         })
-        .map(|(_, name)| name.clone())
+        .map(|(_, name)| name)
         .collect();
     if !gone.is_empty() {
         inner
@@ -241,7 +263,7 @@ async fn retire(inner: &Inner, bp: &Blueprint, tpl: &TemplateInfo) -> Result<(),
     Ok(())
 }
 
-pub(super) async fn drop_entry(inner: &Inner, name: &str) -> Result<(), BackendError> {
+async fn drop_entry(inner: &Inner, name: &str) -> Result<(), BackendError> {
     super::teardown::drop_database(inner, name).await?;
     super::teardown::drop_role(inner, name).await
 }
@@ -285,32 +307,29 @@ async fn make_entry(
     ready: &str,
 ) -> Result<Secret, BackendError> {
     let admin = inner.admin().await?;
-    let name = crate::domain::PgIdent::parse(filling).expect("a valid pool name");
-    let (password, verifier) = super::new_password();
+    let name = PgIdent::parse(filling).expect("a valid pool name");
+    let (password, verifier) = new_password();
     admin
         .batch_execute(&format!(
-            "CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS \
-             PASSWORD {}",
+            "CREATE ROLE {} NOLOGIN {} PASSWORD {}",
             name.quoted(),
+            admin::UNPRIVILEGED,
             escape_literal(&verifier)
         ))
         .await
         .map_err(db_err)?;
     inner.grant_membership(&admin, &name).await?;
-    inner.clone_database(&admin, &name, &name, tpl).await?;
+    template::clone_database(inner, &admin, &name, &name, tpl).await?;
     admin
-        .batch_execute(&format!(
-            "REVOKE ALL ON DATABASE {} FROM PUBLIC",
-            name.quoted()
-        ))
+        .batch_execute(&admin::revoke_public(filling))
         .await
         .map_err(db_err)?;
-    inner.take_ownership(&name, &name).await?;
+    template::take_ownership(inner, &name, &name).await?;
     let promote = format!(
         "BEGIN; ALTER ROLE {f} RENAME TO {r}; ALTER DATABASE {f} RENAME TO {r}; COMMIT;",
         f = name.quoted(),
         r = quote(ready)
     );
-    super::rename_when_free(&admin, filling, &promote).await?;
+    admin::rename_when_free(&admin, filling, &promote).await?;
     Ok(password)
 }

@@ -1,11 +1,13 @@
 //! Size quotas on a postgres target: how big each environment is (its database, or its
 //! schema's tables in the shared database), and locking one out or letting it in again.
 
-use super::{db_err, EnvNames, Inner};
+use super::admin::{self, db_err, Sessions};
+use super::names::EnvNames;
+use super::target::Inner;
 use crate::backend::BackendError;
 use crate::domain::PgIdent;
-use postgres_protocol::escape::escape_literal;
 use std::collections::HashMap;
+use std::time::Duration;
 
 /// The size of each environment of `envs` that could be measured, by its index.
 pub(super) async fn measure(
@@ -67,20 +69,15 @@ pub(super) async fn set_locked(
     role: &PgIdent,
     locked: bool,
 ) -> Result<(), BackendError> {
-    let sql = if locked {
-        format!(
-            "ALTER ROLE {} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE usename = {} AND pid <> pg_backend_pid();",
-            role.quoted(),
-            escape_literal(role.as_str())
-        )
-    } else {
-        format!("ALTER ROLE {} LOGIN", role.quoted())
-    };
-    inner
-        .admin()
-        .await?
-        .batch_execute(&sql)
+    let conn = inner.admin().await?;
+    let login = if locked { "NOLOGIN" } else { "LOGIN" };
+    conn.batch_execute(&format!("ALTER ROLE {} {login}", role.quoted()))
         .await
-        .map_err(db_err)
+        .map_err(db_err)?;
+    if locked {
+        admin::terminate(&conn, Sessions::Role(role.as_str()), Duration::ZERO)
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(())
 }

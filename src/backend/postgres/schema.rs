@@ -8,28 +8,16 @@
 //! pg_dump qualifies every name with the schema it came from (`public.`), so its objects would
 //! not land in the environment's schema.
 
-use super::{db_err, template, Inner, RunGuard, MARK_PREFIX};
+use super::admin::{self, db_err, Object};
+use super::lock::AdvisoryLock;
+use super::marks;
+use super::names::EnvNames;
+use super::target::Inner;
+use super::template;
 use crate::backend::{BackendError, ProvisionRequest, Secret};
 use crate::blueprint::{Blueprint, SourceFile};
 use crate::domain::{InvalidInput, PgIdent};
 use crate::service::Deadline;
-use crate::sqlexec::migrations::Session;
-use postgres_protocol::escape::escape_literal;
-
-/// How a shared database is marked (its COMMENT), with the blueprint's name after it.
-const SHARED_MARK: &str = "previewdb:shared=";
-
-/// The shared database of `blueprint`'s environments (or of those without one).
-pub(super) fn shared_database(blueprint: Option<&Blueprint>) -> PgIdent {
-    let name = match blueprint {
-        Some(bp) => {
-            let bp: String = bp.name.as_str().chars().take(40).collect();
-            format!("pdb_shared_{bp}")
-        }
-        None => "pdb_shared".to_owned(),
-    };
-    PgIdent::parse(&name).expect("made of a valid identifier")
-}
 
 pub(super) fn check_blueprint(blueprint: Option<&Blueprint>) -> Result<(), BackendError> {
     match blueprint.and_then(|bp| bp.schema.as_ref().map(|s| (bp, s))) {
@@ -60,13 +48,14 @@ impl Inner {
         self.ensure_shared(db, blueprint).await?;
         let conn = self.admin().await?;
         let (password, attrs) = self.login_attributes(req.expires_at);
-        let mark = escape_literal(&format!("{MARK_PREFIX}{}", req.id));
+        let mark = marks::env(req.id);
         conn.batch_execute(&format!(
-            "CREATE ROLE {r} {attrs}; COMMENT ON ROLE {r} IS {mark}; \
+            "CREATE ROLE {r} {attrs}; {comment}; \
              GRANT {d} TO {r}; \
              ALTER ROLE {r} IN DATABASE {d} SET search_path = {r}, public;",
             r = role.quoted(),
-            d = db.quoted()
+            d = db.quoted(),
+            comment = admin::comment_on(Object::Role, role.as_str(), &mark),
         ))
         .await
         .map_err(db_err)?;
@@ -94,8 +83,9 @@ impl Inner {
         self.connect_db(db.as_str())
             .await?
             .batch_execute(&format!(
-                "CREATE SCHEMA {r} AUTHORIZATION {r}; COMMENT ON SCHEMA {r} IS {mark};",
-                r = role.quoted()
+                "CREATE SCHEMA {r} AUTHORIZATION {r}; {comment};",
+                r = role.quoted(),
+                comment = admin::comment_on(Object::Schema, role.as_str(), mark),
             ))
             .await
             .map_err(db_err)
@@ -119,7 +109,7 @@ impl Inner {
             run.done();
         }
         if !extra.is_empty() {
-            let env = super::EnvNames {
+            let env = EnvNames {
                 db: db.clone(),
                 role: role.clone(),
                 in_schema: true,
@@ -130,25 +120,8 @@ impl Inner {
         Ok(())
     }
 
-    /// A login of `role` in the shared database, its schema first on the search path.
-    pub(super) fn schema_login(
-        &self,
-        db: &PgIdent,
-        role: &PgIdent,
-        password: &Secret,
-        deadline: &Deadline,
-    ) -> (Session, RunGuard<'_>) {
-        self.login_with(
-            db,
-            role,
-            password,
-            deadline,
-            Some(&format!("{role},public")),
-        )
-    }
-
-    /// Creates the shared database and the blueprint's extensions in it, once, under a
-    /// target-wide advisory lock.
+    /// Creates the shared database, its group role and the blueprint's extensions in it, once,
+    /// under a target-wide advisory lock.
     async fn ensure_shared(
         &self,
         db: &PgIdent,
@@ -159,69 +132,68 @@ impl Inner {
         if self.shared_is_ready(db, &wanted).await? {
             return Ok(());
         }
-        let _guard = super::lock::AdvisoryLock::acquire(self, "shared", db.as_str()).await?;
-        let lock = self.admin().await?;
-        let outcome = async {
-            let exists = lock
-                .query_opt(
-                    "SELECT 1 FROM pg_database WHERE datname = $1",
-                    &[&db.as_str()],
-                )
-                .await
-                .map_err(db_err)?
-                .is_some();
-            if !exists {
-                lock.batch_execute(&format!("CREATE DATABASE {}", db.quoted()))
-                    .await
-                    .map_err(db_err)?;
-                let mark = blueprint.map_or("", |b| b.name.as_str());
-                lock.batch_execute(&format!(
-                    "REVOKE ALL ON DATABASE {d} FROM PUBLIC; COMMENT ON DATABASE {d} IS {m};",
-                    d = db.quoted(),
-                    m = escape_literal(&format!("{SHARED_MARK}{mark}"))
-                ))
-                .await
-                .map_err(db_err)?;
-            }
-            // The environments' way in: membership of a role of the database's name, which
-            // alone holds CONNECT and TEMPORARY on it. A grant per environment would rewrite the
-            // database's row each time, and concurrent creates and teardowns would fail with
-            // "tuple concurrently updated"; memberships are rows of their own.
-            let group = lock
-                .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&db.as_str()])
-                .await
-                .map_err(db_err)?;
-            if group.is_none() {
-                lock.batch_execute(&format!(
-                    "CREATE ROLE {d} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
-                     NOBYPASSRLS; GRANT CONNECT, TEMPORARY ON DATABASE {d} TO {d};",
-                    d = db.quoted()
-                ))
-                .await
-                .map_err(db_err)?;
-            }
-            let shared = self.connect_db(db.as_str()).await?;
-            // Nobody creates in `public`: it holds the extensions, which everyone may use.
+        let _lock = AdvisoryLock::acquire(&self.admin_server, "shared", db.as_str()).await?;
+        self.create_shared(db, blueprint).await?;
+        let shared = self.connect_db(db.as_str()).await?;
+        // Nobody creates in `public`: it holds the extensions, which everyone may use.
+        shared
+            .batch_execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+            .await
+            .map_err(db_err)?;
+        for ext in extensions {
             shared
-                .batch_execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+                .batch_execute(&format!(
+                    "CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA public",
+                    ext.quoted()
+                ))
+                .await
+                .map_err(|e| BackendError::Blueprint {
+                    blueprint: blueprint.map(|b| b.name.to_string()).unwrap_or_default(),
+                    message: format!("extension {ext}: {}", db_err(e)),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The shared database and its group role, where missing (under the shared lock).
+    async fn create_shared(
+        &self,
+        db: &PgIdent,
+        blueprint: Option<&Blueprint>,
+    ) -> Result<(), BackendError> {
+        let conn = self.admin().await?;
+        if !admin::database_exists(&conn, db.as_str())
+            .await
+            .map_err(db_err)?
+        {
+            conn.batch_execute(&format!("CREATE DATABASE {}", db.quoted()))
                 .await
                 .map_err(db_err)?;
-            for ext in extensions {
-                shared
-                    .batch_execute(&format!(
-                        "CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA public",
-                        ext.quoted()
-                    ))
-                    .await
-                    .map_err(|e| BackendError::Blueprint {
-                        blueprint: blueprint.map(|b| b.name.to_string()).unwrap_or_default(),
-                        message: format!("extension {ext}: {}", db_err(e)),
-                    })?;
-            }
-            Ok(())
+            conn.batch_execute(&format!(
+                "{}; {};",
+                admin::revoke_public(db.as_str()),
+                admin::comment_on(Object::Database, db.as_str(), &marks::shared(blueprint)),
+            ))
+            .await
+            .map_err(db_err)?;
         }
-        .await;
-        outcome
+        // The environments' way in: membership of a role of the database's name, which alone
+        // holds CONNECT and TEMPORARY on it. A grant per environment would rewrite the
+        // database's row each time, and concurrent creates and teardowns would fail with
+        // "tuple concurrently updated"; memberships are rows of their own.
+        if !admin::role_exists(&conn, db.as_str())
+            .await
+            .map_err(db_err)?
+        {
+            conn.batch_execute(&format!(
+                "CREATE ROLE {d} NOLOGIN {attrs}; GRANT CONNECT, TEMPORARY ON DATABASE {d} TO {d};",
+                d = db.quoted(),
+                attrs = admin::UNPRIVILEGED,
+            ))
+            .await
+            .map_err(db_err)?;
+        }
+        Ok(())
     }
 
     /// Whether the shared database exists with every wanted extension.
@@ -270,24 +242,16 @@ impl Inner {
     ) -> Result<(), BackendError> {
         // Its prepared transactions and locks would make DROP SCHEMA wait for ever.
         let shared = super::teardown::release_schema(self, db, role).await?;
-        let mark: Option<Option<String>> = shared
-            .query_opt(
-                "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = $1",
-                &[&role.as_str()],
-            )
+        let comment = admin::schema_comment(&shared, role.as_str())
             .await
             .map_err(db_err)?
-            .map(|r| r.get(0));
-        let mark = mark.ok_or_else(|| BackendError::failed(format!("schema {role} is missing")))?;
-        // The tenant owns its schema's COMMENT: only our own kind of mark is carried over.
-        let mark = mark
-            .filter(|m| m.starts_with(MARK_PREFIX) && m.len() <= 64)
-            .unwrap_or_else(|| MARK_PREFIX.trim_end_matches('=').to_owned());
+            .ok_or_else(|| BackendError::failed(format!("schema {role} is missing")))?;
+        let mark = marks::carried_over(comment);
         shared
             .batch_execute(&format!("DROP SCHEMA {} CASCADE", role.quoted()))
             .await
             .map_err(db_err)?;
-        self.create_schema(db, role, &escape_literal(&mark)).await?;
+        self.create_schema(db, role, &mark).await?;
         self.restore_password(role, password).await?;
         self.fill_schema(db, role, blueprint, &[], password, deadline)
             .await

@@ -15,33 +15,18 @@
 //! exception is a session or prepared transaction that holds a lock on an object inside the
 //! environment's schema: it is ended, since the object goes away in any case.
 
-use super::{db_err, quote, EnvNames, Inner};
+use super::admin::{self, db_err, quote, Sessions};
+use super::names::EnvNames;
+use super::target::Inner;
 use crate::backend::BackendError;
 use crate::domain::PgIdent;
-use postgres_protocol::escape::escape_literal;
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-/// Settings every guarded admin session starts with; startup options outrank the defaults a
-/// database owner may set with `ALTER DATABASE … SET`.
-pub(super) const GUARDED_SETTINGS: &[(&str, &str)] = &[
-    // Else a tenant's `ALTER DATABASE own SET role = own` makes our session act as the tenant.
-    ("role", "none"),
-    // Else a tenant's schema listed first shadows catalog views and functions we call.
-    ("search_path", "pg_catalog,pg_temp"),
-    ("default_transaction_read_only", "off"),
-    // A library named here that does not exist makes every login to the database fail.
-    ("local_preload_libraries", ""),
-    ("idle_session_timeout", "0"),
-    ("idle_in_transaction_session_timeout", "0"),
-    // A tenant's lock makes the statement fail, not wait: the teardown is retried later.
-    ("lock_timeout", "5s"),
-    // DROP DATABASE waits for a checkpoint, which can take a while on a busy server.
-    ("statement_timeout", "60s"),
-];
-
-/// How long `pg_terminate_backend` waits for a session to be gone, in milliseconds: the
-/// session's locks are released only when it has exited.
-const TERMINATE_WAIT_MS: i64 = 5000;
+/// How long ending a session waits for it to be gone: its locks are released only when it
+/// has exited.
+const TERMINATE_WAIT: Duration = Duration::from_secs(5);
 
 impl Inner {
     /// Tears down whichever kind the environment is.
@@ -88,14 +73,7 @@ impl Inner {
     ) -> Result<(), BackendError> {
         let conn = self.connect_guarded(None).await?;
         lock_out(self, &conn, role.as_str()).await?;
-        let shared_exists = conn
-            .query_opt(
-                "SELECT 1 FROM pg_database WHERE datname = $1",
-                &[&db.as_str()],
-            )
-            .await
-            .map_err(|e| step("look up the shared database", e))?
-            .is_some();
+        let shared_exists = database_exists(&conn, db.as_str()).await?;
         drop(conn);
         if shared_exists {
             let shared = self.connect_guarded(Some(db.as_str())).await?;
@@ -124,7 +102,7 @@ pub(super) async fn lock_out(inner: &Inner, conn: &Client, role: &str) -> Result
     conn.batch_execute(&format!("ALTER ROLE {} NOLOGIN", quote(role)))
         .await
         .map_err(|e| step(&format!("lock role {role} out"), e))?;
-    terminate(conn, "usename = $1", role).await?;
+    end_sessions(conn, Sessions::Role(role), role).await?;
     // A session may have prepared a transaction before it was ended.
     rollback_prepared(inner, conn, None, Some(role)).await
 }
@@ -138,7 +116,7 @@ pub(super) async fn release_schema(
     role: &PgIdent,
 ) -> Result<Client, BackendError> {
     let conn = inner.connect_guarded(None).await?;
-    terminate(&conn, "usename = $1", role.as_str()).await?;
+    end_sessions(&conn, Sessions::Role(role.as_str()), role.as_str()).await?;
     rollback_prepared(inner, &conn, None, Some(role.as_str())).await?;
     let shared = inner.connect_guarded(Some(db.as_str())).await?;
     end_lock_holders(&shared, role.as_str()).await?;
@@ -165,7 +143,7 @@ pub(super) async fn drop_database(inner: &Inner, name: &str) -> Result<(), Backe
     ))
     .await
     .map_err(|e| step(&format!("undo the owner's changes to database {name}"), e))?;
-    conn.batch_execute(&format!("DROP DATABASE IF EXISTS {d} WITH (FORCE)"))
+    admin::drop_database(&conn, name)
         .await
         .map_err(|e| step(&format!("drop database {name}"), e))
 }
@@ -192,10 +170,10 @@ async fn close_database(conn: &Client, name: &str) -> Result<(), BackendError> {
             .map_err(|e| step(&format!("close database {name}"), e))?;
     }
     // Not even a superuser's session may start there now.
-    conn.batch_execute(&format!("ALTER DATABASE {d} ALLOW_CONNECTIONS false"))
+    admin::allow_connections(conn, name, false)
         .await
         .map_err(|e| step(&format!("close database {name}"), e))?;
-    terminate(conn, "datname = $1", name).await
+    end_sessions(conn, Sessions::Database(name), name).await
 }
 
 /// Drops role `name` and everything it owns or was granted anywhere on the cluster; nothing
@@ -220,8 +198,18 @@ pub(super) async fn drop_role(inner: &Inner, name: &str) -> Result<(), BackendEr
     for row in owned {
         drop_database(inner, row.get::<_, &str>(0)).await?;
     }
-    // Privileges on shared objects (dbid 0) are revoked by DROP OWNED in any database: the
-    // admin's own is among those it runs in.
+    for (db, allows) in databases_holding(&conn, name).await? {
+        drop_owned_in(inner, &conn, name, &db, allows).await?;
+    }
+    admin::drop_role(&conn, name)
+        .await
+        .map_err(|e| step(&format!("drop role {name}"), e))
+}
+
+/// The databases where role `name` owns objects or holds privileges, and whether each allows
+/// connections; the admin's own among them, for privileges on shared objects (dbid 0), which
+/// DROP OWNED revokes in any database.
+async fn databases_holding(conn: &Client, name: &str) -> Result<Vec<(String, bool)>, BackendError> {
     let admin_db: Option<String> = conn
         .query_one("SELECT current_database()::text", &[])
         .await
@@ -243,12 +231,7 @@ pub(super) async fn drop_role(inner: &Inner, name: &str) -> Result<(), BackendEr
             databases.push((db, true));
         }
     }
-    for (db, allows) in databases {
-        drop_owned_in(inner, &conn, name, &db, allows).await?;
-    }
-    conn.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote(name)))
-        .await
-        .map_err(|e| step(&format!("drop role {name}"), e))
+    Ok(databases)
 }
 
 /// `DROP OWNED BY role` in `db`. A database that refuses connections (its owner, another
@@ -261,9 +244,8 @@ async fn drop_owned_in(
     db: &str,
     allows_connections: bool,
 ) -> Result<(), BackendError> {
-    let toggle = |allow: bool| format!("ALTER DATABASE {} ALLOW_CONNECTIONS {allow}", quote(db));
     if !allows_connections {
-        conn.batch_execute(&toggle(true))
+        admin::allow_connections(conn, db, true)
             .await
             .map_err(|e| step(&format!("open database {db} to drop what {role} holds"), e))?;
     }
@@ -279,7 +261,7 @@ async fn drop_owned_in(
     }
     .await;
     if !allows_connections {
-        if let Err(e) = conn.batch_execute(&toggle(false)).await {
+        if let Err(e) = admin::allow_connections(conn, db, false).await {
             tracing::warn!(database = %db, error = %e, "could not close a database again");
         }
     }
@@ -304,6 +286,7 @@ async fn rollback_prepared(
         )
         .await
         .map_err(|e| step("list prepared transactions", e))?;
+    // Ordered by database: one session per database they sit in.
     let mut current: Option<(String, Client)> = None;
     for row in rows {
         let (database, gid, reachable): (String, String, bool) =
@@ -315,38 +298,7 @@ async fn rollback_prepared(
                 owner.unwrap_or("?")
             )));
         }
-        let allows: bool = conn
-            .query_one(
-                "SELECT datallowconn FROM pg_database WHERE datname = $1",
-                &[&database],
-            )
-            .await
-            .map_err(|e| step(&format!("look up database {database}"), e))?
-            .get(0);
-        if !allows {
-            // Ours (being dropped), so ours to open. A prepared transaction that holds the
-            // database's catalog row makes this wait, then fail: the error says so.
-            conn.batch_execute(&format!(
-                "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-                quote(&database)
-            ))
-            .await
-            .map_err(|e| {
-                let why = if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
-                {
-                    " (the transaction itself holds the database's catalog row; only a session \
-                     in the database can end it, e.g. the server in single-user mode)"
-                } else {
-                    ""
-                };
-                step(
-                    &format!(
-                        "open database {database} to roll back prepared transaction {gid:?}{why}"
-                    ),
-                    e,
-                )
-            })?;
-        }
+        open_for_rollback(conn, &database, &gid).await?;
         if current.as_ref().map(|(d, _)| d) != Some(&database) {
             current = Some((
                 database.clone(),
@@ -354,22 +306,45 @@ async fn rollback_prepared(
             ));
         }
         let client = &current.as_ref().expect("just set").1;
-        match client
-            .batch_execute(&format!("ROLLBACK PREPARED {}", escape_literal(&gid)))
-            .await
-        {
-            Ok(()) => {}
-            // Finished meanwhile (by its owner, or a teardown running beside this one).
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => {}
-            Err(e) => {
-                return Err(step(
-                    &format!("roll back prepared transaction {gid:?} in {database}"),
-                    e,
-                ))
-            }
-        }
+        admin::rollback_prepared(client, &gid).await.map_err(|e| {
+            step(
+                &format!("roll back prepared transaction {gid:?} in {database}"),
+                e,
+            )
+        })?;
     }
     Ok(())
+}
+
+/// Lets sessions into `database` (ours, being dropped, so ours to open) for rolling back
+/// prepared transaction `gid` there. One that holds the database's catalog row makes this
+/// wait, then fail: the error says so.
+async fn open_for_rollback(conn: &Client, database: &str, gid: &str) -> Result<(), BackendError> {
+    let allows: bool = conn
+        .query_one(
+            "SELECT datallowconn FROM pg_database WHERE datname = $1",
+            &[&database],
+        )
+        .await
+        .map_err(|e| step(&format!("look up database {database}"), e))?
+        .get(0);
+    if allows {
+        return Ok(());
+    }
+    admin::allow_connections(conn, database, true)
+        .await
+        .map_err(|e| {
+            let why = if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+                " (the transaction itself holds the database's catalog row; only a session \
+                 in the database can end it, e.g. the server in single-user mode)"
+            } else {
+                ""
+            };
+            step(
+                &format!("open database {database} to roll back prepared transaction {gid:?}{why}"),
+                e,
+            )
+        })
 }
 
 /// Ends the sessions and prepared transactions of others that hold or wait for locks on
@@ -397,57 +372,35 @@ async fn end_lock_holders(shared: &Client, schema: &str) -> Result<(), BackendEr
     for row in holders {
         let (pid, gid): (Option<i32>, Option<String>) = (row.get(0), row.get(1));
         if let Some(pid) = pid {
-            shared
-                .execute(
-                    "SELECT pg_terminate_backend($1, $2)",
-                    &[&pid, &TERMINATE_WAIT_MS],
-                )
+            admin::terminate(shared, Sessions::Pid(pid), TERMINATE_WAIT)
                 .await
                 .map_err(|e| step("end a session holding a lock in the schema", e))?;
         } else if let Some(gid) = gid {
-            match shared
-                .batch_execute(&format!("ROLLBACK PREPARED {}", escape_literal(&gid)))
+            admin::rollback_prepared(shared, &gid)
                 .await
-            {
-                Err(e) if e.code() != Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => {
-                    return Err(step(&format!("roll back prepared transaction {gid:?}"), e))
-                }
-                _ => {}
-            }
+                .map_err(|e| step(&format!("roll back prepared transaction {gid:?}"), e))?;
         }
     }
     Ok(())
 }
 
-/// Ends the sessions matching `filter` (on `pg_stat_activity`, `$1` bound to `value`) and waits
-/// until they are gone.
-async fn terminate(conn: &Client, filter: &str, value: &str) -> Result<(), BackendError> {
-    conn.execute(
-        &format!(
-            "SELECT pg_terminate_backend(pid, $2) FROM pg_stat_activity \
-             WHERE {filter} AND pid <> pg_backend_pid()"
-        ),
-        &[&value, &TERMINATE_WAIT_MS],
-    )
-    .await
-    .map_err(|e| step(&format!("end the sessions of {value}"), e))?;
-    Ok(())
+/// Ends the sessions of `whose` (`what` names them in an error) and waits until they are gone.
+async fn end_sessions(conn: &Client, whose: Sessions<'_>, what: &str) -> Result<(), BackendError> {
+    admin::terminate(conn, whose, TERMINATE_WAIT)
+        .await
+        .map_err(|e| step(&format!("end the sessions of {what}"), e))
 }
 
 async fn role_exists(conn: &Client, role: &str) -> Result<bool, BackendError> {
-    Ok(conn
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+    admin::role_exists(conn, role)
         .await
-        .map_err(|e| step(&format!("look up role {role}"), e))?
-        .is_some())
+        .map_err(|e| step(&format!("look up role {role}"), e))
 }
 
 async fn database_exists(conn: &Client, name: &str) -> Result<bool, BackendError> {
-    Ok(conn
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+    admin::database_exists(conn, name)
         .await
-        .map_err(|e| step(&format!("look up database {name}"), e))?
-        .is_some())
+        .map_err(|e| step(&format!("look up database {name}"), e))
 }
 
 /// The server's error, prefixed with the teardown step it stopped.

@@ -10,26 +10,31 @@
 //! Concurrent requests for one hash build it once: a task per build that its callers wait for
 //! (a caller that gives up does not stop a build others need), an in-process mutex per hash,
 //! and an advisory lock on the target across replicas. A build runs under a `pdb_bld_` name and
-//! is renamed to its `pdb_tpl_` name when finished (see `names`).
+//! is renamed to its `pdb_tpl_` name when finished (see `names`); its mark records what it was
+//! built from (see `marks`). Cloning a template for an environment or a pool entry is here too.
 
+use super::admin::{self, db_err, quote, Object};
 use super::lock::AdvisoryLock;
-use super::{db_err, names, quote, Inner};
+use super::marks::{self, TemplateMark};
+use super::names;
+use super::target::Inner;
 use crate::backend::{BackendError, BlueprintStatus};
 use crate::blueprint::{seed_table, Blueprint};
+use crate::domain::PgIdent;
 use crate::service::Deadline;
 use crate::sqlexec::{self, migrations, Mode, Policy, Script, ScriptError};
 use postgres_protocol::escape::escape_literal;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use tokio_postgres::Client;
 
 /// Owns every object of a template until a clone reassigns them.
-pub const BUILDER_ROLE: &str = "previewdb_builder";
-const TEMPLATE_MARK: &str = "previewdb:template=";
+const BUILDER_ROLE: &str = "previewdb_builder";
 /// The advisory-lock namespace of template builds, keyed by the build's name.
-pub const BUILD_LOCK: &str = "template";
+pub(super) const BUILD_LOCK: &str = "template";
 
 #[derive(Debug, Clone)]
-pub struct TemplateInfo {
+pub(super) struct TemplateInfo {
     pub name: String,
     pub hash: String,
     pub warnings: Vec<String>,
@@ -46,23 +51,11 @@ enum Slot {
     Failed(String),
 }
 
+/// What this process knows of each template, by hash.
 #[derive(Default)]
-pub struct Templates {
+pub(super) struct Templates {
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
 }
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Mark {
-    blueprint: String,
-    hash: String,
-    warnings: Vec<String>,
-    #[serde(default)]
-    built_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-/// A template of a blueprint this process does not know (another replica's configuration, or
-/// a blueprint removed since) is only collected once it is this old.
-const FOREIGN_TEMPLATE_GRACE: chrono::Duration = chrono::Duration::hours(24);
 
 impl Templates {
     /// Forgets a template another process dropped, so the next `ensure` builds it again.
@@ -92,45 +85,8 @@ impl Templates {
         if let Ok(Slot::Ready(t)) = slot.try_lock().as_deref() {
             return Ok(t.clone());
         }
-        let (inner, bp) = (inner.clone(), bp.clone());
-        let build = tokio::spawn(async move {
-            let mut slot = slot.lock_owned().await;
-            match &*slot {
-                Slot::Ready(t) => return Ok(t.clone()),
-                Slot::Failed(message) => {
-                    return Err(BackendError::Blueprint {
-                        blueprint: bp.name.to_string(),
-                        message: message.clone(),
-                    })
-                }
-                Slot::Unknown => {}
-            }
-            let build_deadline = Deadline::after(inner.build_timeout);
-            let outcome = match build_deadline
-                .run(build_once(&inner, &bp, &hash, &build_deadline))
-                .await
-            {
-                Ok(outcome) => outcome,
-                Err(e) => Err(BackendError::Deadline {
-                    message: format!(
-                        "building the template of blueprint {:?}: {e}",
-                        bp.name.as_str()
-                    ),
-                }),
-            };
-            match outcome {
-                Ok(t) => {
-                    *slot = Slot::Ready(t.clone());
-                    Ok(t)
-                }
-                Err(e) => {
-                    if let BackendError::Blueprint { message, .. } = &e {
-                        *slot = Slot::Failed(message.clone());
-                    }
-                    Err(e)
-                }
-            }
-        });
+        // A task of its own: a caller that gives up does not stop a build others need.
+        let build = tokio::spawn(fill_slot(slot, inner.clone(), bp.clone(), hash));
         match deadline.run(build).await {
             Ok(joined) => {
                 joined.map_err(|e| BackendError::failed(format!("template build: {e}")))?
@@ -174,6 +130,47 @@ impl Templates {
     }
 }
 
+/// Settles `slot` (locked meanwhile): what it already holds, or the outcome of a build bounded
+/// by the target's build timeout. A failure of the blueprint's own is kept, so that the next
+/// request fails at once.
+async fn fill_slot(
+    slot: Arc<tokio::sync::Mutex<Slot>>,
+    inner: Arc<Inner>,
+    bp: Arc<Blueprint>,
+    hash: String,
+) -> Result<TemplateInfo, BackendError> {
+    let mut slot = slot.lock_owned().await;
+    match &*slot {
+        Slot::Ready(t) => return Ok(t.clone()),
+        Slot::Failed(message) => {
+            return Err(BackendError::Blueprint {
+                blueprint: bp.name.to_string(),
+                message: message.clone(),
+            })
+        }
+        Slot::Unknown => {}
+    }
+    let deadline = Deadline::after(inner.build_timeout);
+    let outcome = match deadline
+        .run(build_once(&inner, &bp, &hash, &deadline))
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(e) => Err(BackendError::Deadline {
+            message: format!(
+                "building the template of blueprint {:?}: {e}",
+                bp.name.as_str()
+            ),
+        }),
+    };
+    match &outcome {
+        Ok(t) => *slot = Slot::Ready(t.clone()),
+        Err(BackendError::Blueprint { message, .. }) => *slot = Slot::Failed(message.clone()),
+        Err(_) => {}
+    }
+    outcome
+}
+
 /// A finished template of that name, if the target has one.
 async fn existing(inner: &Inner, name: &str) -> Result<Option<TemplateInfo>, BackendError> {
     let row = inner
@@ -188,10 +185,7 @@ async fn existing(inner: &Inner, name: &str) -> Result<Option<TemplateInfo>, Bac
         .map_err(db_err)?;
     let size_bytes: i64 = row.as_ref().map_or(0, |r| r.get(1));
     let comment: Option<String> = row.and_then(|r| r.get(0));
-    let mark = comment
-        .as_deref()
-        .and_then(|c| c.strip_prefix(TEMPLATE_MARK))
-        .and_then(|json| serde_json::from_str::<Mark>(json).ok());
+    let mark = comment.as_deref().and_then(TemplateMark::parse);
     Ok(mark.map(|m| TemplateInfo {
         name: name.to_owned(),
         hash: m.hash,
@@ -213,7 +207,7 @@ async fn build_once(
         return Ok(t);
     }
     let building = names::build(bp, hash);
-    let _lock = AdvisoryLock::acquire(inner, BUILD_LOCK, &building).await?;
+    let _lock = AdvisoryLock::acquire(&inner.admin_server, BUILD_LOCK, &building).await?;
     if let Some(t) = existing(inner, &name).await? {
         return Ok(t);
     }
@@ -239,6 +233,7 @@ fn blueprint_error(bp: &Blueprint, e: ScriptError) -> BackendError {
     }
 }
 
+/// Builds `bp` into database `name` (under the build lock), renamed to `final_name` when done.
 async fn build(
     inner: &Inner,
     bp: &Blueprint,
@@ -247,68 +242,8 @@ async fn build(
     final_name: &str,
 ) -> Result<TemplateInfo, BackendError> {
     let admin = inner.admin().await?;
-    let builder = quote(BUILDER_ROLE);
-    // Every replica derives the same password, so any verifier set here lets each log in.
-    // Concurrent builds (of other blueprints, or on other replicas) would update the role's
-    // row at once ("tuple concurrently updated"): one at a time.
-    let verifier =
-        postgres_protocol::password::scram_sha_256(inner.builder_password.expose().as_bytes());
-    let role_lock = AdvisoryLock::acquire(inner, "builder", BUILDER_ROLE).await?;
-    admin
-        .batch_execute(&format!(
-            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {lit}) THEN \
-             CREATE ROLE {builder} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS; \
-             COMMENT ON ROLE {builder} IS 'previewdb: owns template objects'; END IF; END $$; \
-             ALTER ROLE {builder} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS \
-             PASSWORD {verifier}",
-            lit = escape_literal(BUILDER_ROLE),
-            verifier = escape_literal(&verifier)
-        ))
-        .await
-        .map_err(db_err)?;
-    if !inner.server().await?.superuser {
-        admin
-            .batch_execute(&format!("GRANT {builder} TO CURRENT_USER"))
-            .await
-            .map_err(db_err)?;
-    }
-    drop(role_lock);
-    // Leftovers of a build interrupted by a crash (we hold the build lock, so nobody is on it).
-    admin
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote(name)
-        ))
-        .await
-        .map_err(db_err)?;
-    // The template database itself belongs to the admin, not the builder: `REASSIGN OWNED BY`
-    // in a clone also moves the builder's shared objects (databases), which would hand every
-    // template to that clone's role.
-    admin
-        .batch_execute(&format!(
-            "CREATE DATABASE {} TEMPLATE template0",
-            quote(name)
-        ))
-        .await
-        .map_err(db_err)?;
-    admin
-        .batch_execute(&format!(
-            "REVOKE ALL ON DATABASE {n} FROM PUBLIC; GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {n} TO {builder}; \
-             COMMENT ON DATABASE {n} IS {m};",
-            n = quote(name),
-            m = escape_literal(&format!("previewdb:building={}:{hash}", bp.name))
-        ))
-        .await
-        .map_err(db_err)?;
-    inner
-        .connect_db(name)
-        .await?
-        .batch_execute(&format!(
-            "GRANT CREATE, USAGE ON SCHEMA public TO {builder}"
-        ))
-        .await
-        .map_err(db_err)?;
-
+    ensure_builder(inner, &admin).await?;
+    create_build_database(inner, &admin, bp, hash, name).await?;
     // Extensions need the admin; everything else runs as the builder.
     if !bp.extensions.is_empty() {
         let client = inner.connect_db(name).await?;
@@ -331,33 +266,104 @@ async fn build(
     let client = inner.connect_db(name).await?;
     client.batch_execute("ANALYZE").await.map_err(db_err)?;
     drop(client);
-
-    let mark = Mark {
+    let mark = TemplateMark {
         blueprint: bp.name.to_string(),
         hash: hash.to_owned(),
-        warnings: warnings.clone(),
+        warnings,
         built_at: Some(chrono::Utc::now()),
     };
-    let mark = format!(
-        "{TEMPLATE_MARK}{}",
-        serde_json::to_string(&mark).expect("mark serialises")
-    );
+    finish(&admin, name, final_name, mark).await
+}
+
+/// The role that builds templates, able to log in with the password every replica derives (so
+/// any verifier set here lets each log in). Concurrent builds (of other blueprints, or on other
+/// replicas) would update the role's row at once ("tuple concurrently updated"): one at a time.
+async fn ensure_builder(inner: &Inner, admin: &Client) -> Result<(), BackendError> {
+    let verifier =
+        postgres_protocol::password::scram_sha_256(inner.builder_password.expose().as_bytes());
+    let _role_lock = AdvisoryLock::acquire(&inner.admin_server, "builder", BUILDER_ROLE).await?;
     admin
         .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {lit}) THEN \
+             CREATE ROLE {builder} NOLOGIN {attrs}; {comment}; END IF; END $$; \
+             ALTER ROLE {builder} LOGIN {attrs} PASSWORD {verifier}",
+            lit = escape_literal(BUILDER_ROLE),
+            builder = quote(BUILDER_ROLE),
+            attrs = admin::UNPRIVILEGED,
+            comment = admin::comment_on(Object::Role, BUILDER_ROLE, marks::BUILDER),
+            verifier = escape_literal(&verifier)
+        ))
+        .await
+        .map_err(db_err)?;
+    if !inner.server().await?.superuser {
+        admin
+            .batch_execute(&admin::grant_to_admin(BUILDER_ROLE))
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// An empty database `name` for a build, the builder allowed to create in it.
+async fn create_build_database(
+    inner: &Inner,
+    admin: &Client,
+    bp: &Blueprint,
+    hash: &str,
+    name: &str,
+) -> Result<(), BackendError> {
+    // Leftovers of a build interrupted by a crash (we hold the build lock, so nobody is on it).
+    admin::drop_database(admin, name).await.map_err(db_err)?;
+    // The template database itself belongs to the admin, not the builder: `REASSIGN OWNED BY`
+    // in a clone also moves the builder's shared objects (databases), which would hand every
+    // template to that clone's role.
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {} TEMPLATE template0",
             quote(name)
         ))
         .await
         .map_err(db_err)?;
-    // Finished and renamed in one transaction: a `pdb_tpl_` database is always complete.
+    admin
+        .batch_execute(&format!(
+            "{}; GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {} TO {}; {};",
+            admin::revoke_public(name),
+            quote(name),
+            quote(BUILDER_ROLE),
+            admin::comment_on(Object::Database, name, &marks::building(bp, hash)),
+        ))
+        .await
+        .map_err(db_err)?;
+    inner
+        .connect_db(name)
+        .await?
+        .batch_execute(&format!(
+            "GRANT CREATE, USAGE ON SCHEMA public TO {}",
+            quote(BUILDER_ROLE)
+        ))
+        .await
+        .map_err(db_err)
+}
+
+/// Closes the build `name`, then marks it a template and renames it to `final_name` in one
+/// transaction: a `pdb_tpl_` database is always complete.
+async fn finish(
+    admin: &Client,
+    name: &str,
+    final_name: &str,
+    mark: TemplateMark,
+) -> Result<TemplateInfo, BackendError> {
+    admin::allow_connections(admin, name, false)
+        .await
+        .map_err(db_err)?;
     let finish = format!(
         "BEGIN; ALTER DATABASE {n} RENAME TO {t}; ALTER DATABASE {t} IS_TEMPLATE true; \
-         COMMENT ON DATABASE {t} IS {m}; COMMIT;",
+         {comment}; COMMIT;",
         n = quote(name),
         t = quote(final_name),
-        m = escape_literal(&mark)
+        comment = admin::comment_on(Object::Database, final_name, &mark.comment()),
     );
-    super::rename_when_free(&admin, name, &finish).await?;
+    admin::rename_when_free(admin, name, &finish).await?;
     let size_bytes: i64 = admin
         .query_one("SELECT pg_database_size($1::text)", &[&final_name])
         .await
@@ -365,10 +371,58 @@ async fn build(
         .get(0);
     Ok(TemplateInfo {
         name: final_name.to_owned(),
-        hash: hash.to_owned(),
-        warnings,
+        hash: mark.hash,
+        warnings: mark.warnings,
         size_bytes,
     })
+}
+
+/// Clones `template` into `db`, owned by `owner`.
+pub(super) async fn clone_database(
+    inner: &Inner,
+    conn: &Client,
+    db: &PgIdent,
+    owner: &PgIdent,
+    template: &TemplateInfo,
+) -> Result<(), BackendError> {
+    let strategy = match inner.server().await?.major {
+        15.. => format!(
+            " STRATEGY {}",
+            inner
+                .cfg
+                .clone_strategy
+                .for_size(template.size_bytes.max(0) as u64)
+        ),
+        _ => String::new(),
+    };
+    // CREATE DATABASE cannot share a simple query with anything (it would be a transaction).
+    conn.batch_execute(&format!(
+        "CREATE DATABASE {} TEMPLATE {} OWNER {}{strategy}",
+        db.quoted(),
+        quote(&template.name),
+        owner.quoted()
+    ))
+    .await
+    .map_err(db_err)
+}
+
+/// Objects in a clone keep the template's owner: hand them all to the environment's role, so
+/// its own migrations can ALTER or DROP anything.
+pub(super) async fn take_ownership(
+    inner: &Inner,
+    db: &PgIdent,
+    role: &PgIdent,
+) -> Result<(), BackendError> {
+    inner
+        .connect_db(db.as_str())
+        .await?
+        .batch_execute(&format!(
+            "REASSIGN OWNED BY {} TO {}",
+            quote(BUILDER_ROLE),
+            role.quoted()
+        ))
+        .await
+        .map_err(db_err)
 }
 
 /// Runs a blueprint's files through `session`: its dump, its migrations (recorded in their
@@ -417,17 +471,4 @@ pub(super) async fn load(
         }
     }
     Ok(warnings)
-}
-
-/// The blueprint and build time a template's mark records (`None` where it cannot be read).
-pub(super) fn template_mark(
-    comment: &str,
-) -> Option<(String, Option<chrono::DateTime<chrono::Utc>>)> {
-    let mark: Mark = serde_json::from_str(comment.strip_prefix(TEMPLATE_MARK)?).ok()?;
-    Some((mark.blueprint, mark.built_at))
-}
-
-/// A template of a blueprint this process does not know is collected only once this old.
-pub(super) fn foreign_template_grace() -> chrono::Duration {
-    FOREIGN_TEMPLATE_GRACE
 }
