@@ -7,10 +7,10 @@
 //! same key that is still running, on any replica.
 
 use crate::backend::{
-    Backend, BackendError, BlueprintStatus, Connection, ProvisionRequest, Secret, TargetHealth,
+    Backend, BackendError, BlueprintStatus, Connection, ProvisionRequest, TargetHealth,
 };
 use crate::blueprint::{Blueprint, SourceFile};
-use crate::domain::{EnvKey, InvalidInput, Isolation, Labels, Ttl};
+use crate::domain::{EnvKey, InvalidInput, Isolation, Labels, Secret, Ttl};
 use crate::metrics::{error_outcome, Metrics, Operation};
 use crate::service::lease::{LeaseError, Purpose, Stop};
 use crate::service::{Deadline, Lease, Leases, WorkQueue};

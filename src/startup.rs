@@ -123,12 +123,12 @@ impl Application {
 
 /// The password `previewdb_builder` logs in with, derived from the key every replica shares
 /// (so that each can set it and all can use it) and useless without that key.
-fn builder_password(encryption_key: &[u8; 32]) -> crate::backend::Secret {
+fn builder_password(encryption_key: &[u8; 32]) -> crate::domain::Secret {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     h.update(b"previewdb:builder-password:");
     h.update(encryption_key);
-    crate::backend::Secret::new(hex::encode(h.finalize()))
+    crate::domain::Secret::new(hex::encode(h.finalize()))
 }
 
 /// Logs as text to stderr, filtered by `RUST_LOG` (default `info`). Statement texts of the

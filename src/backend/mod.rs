@@ -9,7 +9,7 @@ pub mod neon;
 pub mod postgres;
 
 use crate::blueprint::{Blueprint, SourceFile};
-use crate::domain::{EnvKey, Isolation};
+use crate::domain::{EnvKey, Isolation, Secret};
 use crate::service::{Deadline, QueueFull};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -34,26 +34,6 @@ pub struct ProvisionRequest {
 /// Backend-specific names and ids of what an environment owns on its target, kept in the
 /// control store as JSON.
 pub type Resources = serde_json::Map<String, serde_json::Value>;
-
-/// A secret string that is never printed by `Debug`.
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
 
 /// Everything but RFC 3986 unreserved characters is percent-encoded in URI parts.
 const URI_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC

@@ -5,6 +5,7 @@ mod extension;
 mod identifier;
 mod isolation;
 mod labels;
+mod secret;
 mod ttl;
 
 pub use env_key::EnvKey;
@@ -12,6 +13,7 @@ pub use extension::ExtensionName;
 pub use identifier::PgIdent;
 pub use isolation::Isolation;
 pub use labels::Labels;
+pub use secret::Secret;
 pub use ttl::Ttl;
 
 /// Why a piece of caller input was refused; `field` names what was wrong.

@@ -1,6 +1,7 @@
 //! The environment record as stored, and the filters of a listing.
 
-use crate::backend::{Connection, Resources, Secret};
+use crate::backend::{Connection, Resources};
+use crate::domain::Secret;
 use crate::domain::{Isolation, Labels};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -4,11 +4,11 @@
 mod client;
 
 use crate::backend::{
-    object_name, resource, Backend, BackendError, Connection, ProvisionRequest, Resources, Secret,
+    object_name, resource, Backend, BackendError, Connection, ProvisionRequest, Resources,
     TargetHealth,
 };
 use crate::configuration::NeonTargetConfig;
-use crate::domain::{Isolation, Ttl};
+use crate::domain::{Isolation, Secret, Ttl};
 use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, SecondsFormat, Utc};
 use client::{seg, ClientSettings, Deadline, NeonClient, NeonError, Reply};

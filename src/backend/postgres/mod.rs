@@ -13,11 +13,11 @@ mod template;
 
 use super::{
     object_name, resource, Backend, BackendError, BlueprintStatus, Connection, ProvisionRequest,
-    Resources, Secret, TargetHealth,
+    Resources, TargetHealth,
 };
 use crate::blueprint::{Blueprint, MigrationFormat, SourceFile};
 use crate::configuration::PostgresTargetConfig;
-use crate::domain::{Isolation, PgIdent};
+use crate::domain::{Isolation, PgIdent, Secret};
 use crate::pgconn::PgConnector;
 use crate::service::{Deadline, WorkQueue};
 use crate::sqlexec::migrations::{self, Session};

@@ -15,8 +15,9 @@
 
 use super::lock::AdvisoryLock;
 use super::{db_err, names, quote, template::TemplateInfo, Inner, MARK_PREFIX};
-use crate::backend::{BackendError, ProvisionRequest, Secret};
+use crate::backend::{BackendError, ProvisionRequest};
 use crate::blueprint::Blueprint;
+use crate::domain::Secret;
 use crate::store::{PoolEntry, StoreError};
 use postgres_protocol::escape::escape_literal;
 use rand::distributions::{Alphanumeric, DistString};

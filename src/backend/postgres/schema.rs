@@ -9,9 +9,10 @@
 //! not land in the environment's schema.
 
 use super::{db_err, template, Inner, RunGuard, MARK_PREFIX};
-use crate::backend::{BackendError, ProvisionRequest, Secret};
+use crate::backend::{BackendError, ProvisionRequest};
 use crate::blueprint::{Blueprint, SourceFile};
 use crate::domain::PgIdent;
+use crate::domain::Secret;
 use crate::service::Deadline;
 use crate::sqlexec::migrations::Session;
 use postgres_protocol::escape::escape_literal;
