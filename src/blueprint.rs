@@ -1,68 +1,13 @@
 //! Blueprints: what a new environment starts as — a schema dump, ordered migrations and seed
 //! fixtures — read from disk once at start-up and content-addressed by a hash of every input.
 
-use crate::domain::{ExtensionName, PgIdent};
+use crate::domain::{ExtensionName, MigrationFormat, PgIdent, SourceFile};
 use anyhow::{anyhow, bail, Context};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the way templates are built changes, so old templates are rebuilt.
 pub const TEMPLATE_FORMAT_VERSION: u32 = 1;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MigrationFormat {
-    /// `V{n}__{name}.sql` (and `U…`), recorded by refinery in `refinery_schema_history`.
-    Refinery,
-    /// `{version}_{description}.sql` / `.up.sql`, recorded by sqlx in `_sqlx_migrations`.
-    Sqlx,
-    /// Any `.sql` in name order, recorded by previewdb in `previewdb_migrations`.
-    Plain,
-}
-
-impl MigrationFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MigrationFormat::Refinery => "refinery",
-            MigrationFormat::Sqlx => "sqlx",
-            MigrationFormat::Plain => "plain",
-        }
-    }
-
-    /// Checks that a file name fits the format, so bad names fail before anything runs.
-    pub fn check_name(self, name: &str) -> Result<(), String> {
-        let stem = name
-            .strip_suffix(".sql")
-            .ok_or_else(|| format!("{name:?}: migrations are .sql files"))?;
-        match self {
-            MigrationFormat::Plain => Ok(()),
-            MigrationFormat::Refinery => {
-                let rest = stem.strip_prefix('V').or_else(|| stem.strip_prefix('U'));
-                let ok = rest.and_then(|r| r.split_once("__")).is_some_and(|(v, n)| {
-                    !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && !n.is_empty()
-                });
-                ok.then_some(()).ok_or_else(|| {
-                    format!("{name:?} is not a refinery migration name (V{{n}}__{{name}}.sql)")
-                })
-            }
-            MigrationFormat::Sqlx => {
-                let ok = stem
-                    .split_once('_')
-                    .is_some_and(|(v, d)| v.parse::<i64>().is_ok() && !d.is_empty());
-                ok.then_some(()).ok_or_else(|| {
-                    format!("{name:?} is not an sqlx migration name ({{version}}_{{name}}.sql)")
-                })
-            }
-        }
-    }
-}
-
-/// One input file, by its name relative to its directory.
-#[derive(Debug, Clone)]
-pub struct SourceFile {
-    pub name: String,
-    pub text: String,
-}
 
 /// An input file read again when it is needed (a dump or seeds may be large: they are not
 /// kept in memory between template builds).
@@ -138,11 +83,9 @@ impl Blueprint {
             .with_context(|| format!("{at}.migrations"))?,
             None => vec![],
         };
-        for m in &migrations {
-            format
-                .check_name(&m.name)
-                .map_err(|e| anyhow!("{at}.migrations: {e}"))?;
-        }
+        format
+            .check_names(&migrations)
+            .map_err(|e| anyhow!("{at}.migrations: {e}"))?;
         let (seeds, seed_refs) = match &raw.seeds {
             Some(dir) => {
                 let dir = base.join(dir);
@@ -339,18 +282,5 @@ mod tests {
         assert!(seed_table("Users.csv").is_err());
         assert!(seed_table("a.b.c.csv").is_err());
         assert!(seed_table("x\"y.csv").is_err());
-    }
-
-    #[test]
-    fn migration_names_per_format() {
-        use MigrationFormat::*;
-        assert!(Refinery.check_name("V1__init.sql").is_ok());
-        assert!(Refinery.check_name("U12__x.sql").is_ok());
-        assert!(Refinery.check_name("1_init.sql").is_err());
-        assert!(Sqlx.check_name("20240101120000_init.sql").is_ok());
-        assert!(Sqlx.check_name("20240101120000_init.up.sql").is_ok());
-        assert!(Sqlx.check_name("V1__init.sql").is_err());
-        assert!(Plain.check_name("anything.sql").is_ok());
-        assert!(Plain.check_name("anything.txt").is_err());
     }
 }

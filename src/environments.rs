@@ -9,8 +9,8 @@
 use crate::backend::{
     Backend, BackendError, BlueprintStatus, Connection, ProvisionRequest, TargetHealth,
 };
-use crate::blueprint::{Blueprint, SourceFile};
-use crate::domain::{EnvKey, InvalidInput, Isolation, Labels, Secret, Ttl};
+use crate::blueprint::Blueprint;
+use crate::domain::{EnvKey, InvalidInput, Isolation, Labels, Secret, SourceFile, Ttl};
 use crate::metrics::{error_outcome, Metrics, Operation};
 use crate::service::lease::{LeaseError, Purpose, Stop};
 use crate::service::{Deadline, Lease, Leases, WorkQueue};
@@ -391,7 +391,7 @@ impl Environments {
         }
         let format = blueprint
             .as_ref()
-            .map_or(crate::blueprint::MigrationFormat::Plain, |b| b.format);
+            .map_or(crate::domain::MigrationFormat::Plain, |b| b.format);
         for m in &spec.migrations {
             format
                 .check_name(&m.name)
@@ -927,7 +927,7 @@ impl Environments {
                         .cloned();
                     let format = blueprint
                         .as_ref()
-                        .map_or(crate::blueprint::MigrationFormat::Plain, |b| b.format);
+                        .map_or(crate::domain::MigrationFormat::Plain, |b| b.format);
                     for m in &migrations {
                         format
                             .check_name(&m.name)

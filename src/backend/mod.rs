@@ -8,8 +8,8 @@
 pub mod neon;
 pub mod postgres;
 
-use crate::blueprint::{Blueprint, SourceFile};
-use crate::domain::{EnvKey, Isolation, Secret};
+use crate::blueprint::Blueprint;
+use crate::domain::{EnvKey, Isolation, Secret, SourceFile};
 use crate::service::{Deadline, QueueFull};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;

@@ -6,6 +6,7 @@ mod identifier;
 mod isolation;
 mod labels;
 mod secret;
+mod source;
 mod ttl;
 
 pub use env_key::EnvKey;
@@ -14,6 +15,7 @@ pub use identifier::PgIdent;
 pub use isolation::Isolation;
 pub use labels::Labels;
 pub use secret::Secret;
+pub use source::{MigrationFormat, MigrationNameError, SourceFile};
 pub use ttl::Ttl;
 
 /// Why a piece of caller input was refused; `field` names what was wrong.

@@ -15,9 +15,9 @@ use super::{
     object_name, resource, Backend, BackendError, BlueprintStatus, Connection, ProvisionRequest,
     Resources, TargetHealth,
 };
-use crate::blueprint::{Blueprint, MigrationFormat, SourceFile};
+use crate::blueprint::Blueprint;
 use crate::configuration::PostgresTargetConfig;
-use crate::domain::{Isolation, PgIdent, Secret};
+use crate::domain::{Isolation, MigrationFormat, PgIdent, Secret, SourceFile};
 use crate::pgconn::PgConnector;
 use crate::service::{Deadline, WorkQueue};
 use crate::sqlexec::migrations::{self, Session};

@@ -10,9 +10,9 @@
 
 use super::{db_err, template, Inner, RunGuard, MARK_PREFIX};
 use crate::backend::{BackendError, ProvisionRequest};
-use crate::blueprint::{Blueprint, SourceFile};
-use crate::domain::PgIdent;
+use crate::blueprint::Blueprint;
 use crate::domain::Secret;
+use crate::domain::{PgIdent, SourceFile};
 use crate::service::Deadline;
 use crate::sqlexec::migrations::Session;
 use postgres_protocol::escape::escape_literal;
