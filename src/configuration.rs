@@ -1,6 +1,6 @@
 //! previewdb.toml: parsed, validated and resolved once at start-up. Errors name the key.
 
-use crate::domain::{PgIdent, Ttl};
+use crate::domain::{ApiToken, PgIdent, Scope, TokenDigest, Ttl};
 use crate::pgconn::{PgConnector, SslMode};
 use anyhow::{anyhow, bail, Context};
 use serde::Deserialize;
@@ -105,78 +105,6 @@ fn default_neon_key_env() -> String {
 }
 fn default_neon_database() -> String {
     "neondb".into()
-}
-
-/// API token scopes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-pub enum Scope {
-    #[serde(rename = "environments:read")]
-    Read,
-    #[serde(rename = "environments:write")]
-    Write,
-    #[serde(rename = "environments:delete")]
-    Delete,
-    #[serde(rename = "admin")]
-    Admin,
-    /// Reading passwords back (`?reveal=true`). Not implied by `admin`: a token holds it when
-    /// listed, or by [`Scope::with_reveal_default`].
-    #[serde(rename = "environments:reveal")]
-    Reveal,
-}
-
-impl Scope {
-    pub const ALL: [Scope; 5] = [
-        Scope::Read,
-        Scope::Write,
-        Scope::Delete,
-        Scope::Admin,
-        Scope::Reveal,
-    ];
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|sc| sc.as_str() == s)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Read => "environments:read",
-            Scope::Write => "environments:write",
-            Scope::Delete => "environments:delete",
-            Scope::Admin => "admin",
-            Scope::Reveal => "environments:reveal",
-        }
-    }
-
-    /// A token that may write (or is `admin`) may also reveal, unless `reveal = false` says
-    /// otherwise: whoever can create an environment gets its password in the answer anyway.
-    pub fn with_reveal_default(
-        mut scopes: Vec<Scope>,
-        reveal: Option<bool>,
-    ) -> Result<Vec<Scope>, String> {
-        let listed = scopes.contains(&Scope::Reveal);
-        let writes = scopes.contains(&Scope::Write) || scopes.contains(&Scope::Admin);
-        match reveal {
-            Some(false) if listed => {
-                return Err("reveal = false contradicts the scope environments:reveal".into())
-            }
-            Some(false) => {}
-            Some(true) | None if writes && !listed => scopes.push(Scope::Reveal),
-            Some(true) if !listed => {
-                return Err("reveal = true needs environments:write or admin;                             else list the scope environments:reveal"
-                    .into())
-            }
-            _ => {}
-        }
-        Ok(scopes)
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct ApiToken {
-    pub name: String,
-    /// SHA-256 of the token, 32 bytes.
-    pub sha256: [u8; 32],
-    pub scopes: Vec<Scope>,
 }
 
 #[derive(Debug, Clone)]
@@ -400,12 +328,9 @@ impl Config {
         let mut tokens = base.map(|b| b.tokens.clone()).unwrap_or_default();
         for (i, t) in raw.tokens.into_iter().enumerate() {
             let at = format!("tokens[{i}] ({})", t.name);
-            let digest = hex::decode(t.sha256.trim())
-                .ok()
-                .and_then(|d| <[u8; 32]>::try_from(d).ok())
-                .ok_or_else(|| {
-                    anyhow!("{at}.sha256: must be 64 hex characters (sha256 of the token)")
-                })?;
+            let digest = TokenDigest::from_hex(&t.sha256).ok_or_else(|| {
+                anyhow!("{at}.sha256: must be 64 hex characters (sha256 of the token)")
+            })?;
             let scopes = t
                 .scopes
                 .iter()
@@ -590,12 +515,6 @@ fn parse_key(s: &str) -> anyhow::Result<[u8; 32]> {
         .ok_or_else(|| anyhow!("must be 32 bytes written as 64 hex characters"))
 }
 
-/// SHA-256 of a bearer token, as stored in the config.
-pub fn token_digest(token: &str) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes()).into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,31 +608,5 @@ mod tests {
             e.contains("targets.tls.public_sslmode: sslmode \"always\""),
             "{e}"
         );
-    }
-}
-
-#[cfg(test)]
-mod reveal_tests {
-    use super::Scope::{self, *};
-
-    fn with(scopes: &[Scope], reveal: Option<bool>) -> Result<Vec<Scope>, String> {
-        Scope::with_reveal_default(scopes.to_vec(), reveal)
-    }
-
-    #[test]
-    fn writers_and_admins_reveal_unless_told_not_to() {
-        assert!(with(&[Read, Write], None).unwrap().contains(&Reveal));
-        assert!(with(&[Admin], None).unwrap().contains(&Reveal));
-        assert!(!with(&[Read, Write], Some(false)).unwrap().contains(&Reveal));
-        assert!(!with(&[Admin], Some(false)).unwrap().contains(&Reveal));
-        assert!(!with(&[Read], None).unwrap().contains(&Reveal));
-        assert!(with(&[Read, Reveal], None).unwrap().contains(&Reveal));
-        assert_eq!(with(&[Write, Reveal], None).unwrap().len(), 2);
-    }
-
-    #[test]
-    fn contradictions_are_refused() {
-        assert!(with(&[Read, Reveal], Some(false)).is_err());
-        assert!(with(&[Read], Some(true)).is_err());
     }
 }

@@ -7,6 +7,7 @@ mod isolation;
 mod labels;
 mod secret;
 mod source;
+mod token;
 mod ttl;
 
 pub use env_key::EnvKey;
@@ -16,6 +17,7 @@ pub use isolation::Isolation;
 pub use labels::Labels;
 pub use secret::Secret;
 pub use source::{MigrationFormat, MigrationNameError, SourceFile};
+pub use token::{token_digest, ApiToken, Scope, TokenDigest};
 pub use ttl::Ttl;
 
 /// Why a piece of caller input was refused; `field` names what was wrong.

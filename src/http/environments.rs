@@ -2,7 +2,7 @@
 
 use super::auth::Caller;
 use super::{paging, ApiError, ApiJson, ApiPath, ApiQuery, AppState};
-use crate::configuration::Scope;
+use crate::domain::Scope;
 use crate::domain::SourceFile;
 use crate::domain::{EnvKey, Isolation, Labels, Ttl};
 use crate::environments::{CreateSpec, Env};

@@ -2,7 +2,7 @@
 //! built, configured by a file like an operator's, killed with SIGKILL and started again.
 
 use super::{Cluster, ADMIN_TOKEN};
-use previewdb::configuration::token_digest;
+use previewdb::domain::token_digest;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
