@@ -1,4 +1,5 @@
-//! Caller input parsed once at the edge into types that can only hold valid values.
+//! Values parsed once at the edge (from a request or the config) into types that can only hold
+//! valid values, and the secrets among them, which never print.
 
 mod env_key;
 mod extension;
@@ -15,7 +16,7 @@ pub use extension::ExtensionName;
 pub use identifier::PgIdent;
 pub use isolation::Isolation;
 pub use labels::Labels;
-pub use secret::Secret;
+pub use secret::{EncryptionKey, Secret};
 pub use source::{MigrationFormat, MigrationNameError, SourceFile};
 pub use token::{token_digest, ApiToken, Scope, TokenDigest};
 pub use ttl::Ttl;
@@ -35,4 +36,9 @@ impl InvalidInput {
             reason: reason.into(),
         }
     }
+}
+
+/// 32 bytes written as 64 hex characters, surrounding whitespace ignored.
+fn hex_32(s: &str) -> Option<[u8; 32]> {
+    hex::decode(s.trim()).ok()?.try_into().ok()
 }

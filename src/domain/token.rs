@@ -81,8 +81,7 @@ pub struct TokenDigest([u8; 32]);
 impl TokenDigest {
     /// 64 hex characters, as `[[tokens]] sha256` is written.
     pub fn from_hex(s: &str) -> Option<Self> {
-        let bytes = hex::decode(s.trim()).ok()?;
-        <[u8; 32]>::try_from(bytes).ok().map(Self)
+        super::hex_32(s).map(Self)
     }
 
     pub fn matches(&self, other: &TokenDigest) -> bool {
