@@ -1,9 +1,9 @@
 //! Blueprints: what a new environment starts as — a schema dump, ordered migrations and seed
-//! fixtures — read from disk once at start-up and content-addressed by a hash of every input.
+//! fixtures — read from disk once, when the configuration is loaded, and content-addressed by a
+//! hash of every input.
 
 use crate::domain::{ExtensionName, MigrationFormat, PgIdent, SourceFile};
 use anyhow::{anyhow, bail, Context};
-use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the way templates are built changes, so old templates are rebuilt.
@@ -46,79 +46,57 @@ pub struct Blueprint {
     content_digest: [u8; 32],
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBlueprint {
-    schema: Option<PathBuf>,
-    migrations: Option<PathBuf>,
-    migrations_format: Option<MigrationFormat>,
-    seeds: Option<PathBuf>,
-    #[serde(default)]
-    extensions: Vec<String>,
-    pool_size: Option<u32>,
-    max_environment_bytes: Option<crate::configuration::ByteSize>,
-    #[serde(rename = "__base_dir")]
-    base_dir: Option<PathBuf>,
+/// Where a blueprint's inputs are and how it is used, as its `[blueprints.NAME]` table says
+/// (see `configuration`), with absolute paths.
+#[derive(Debug)]
+pub struct BlueprintSource {
+    pub name: PgIdent,
+    pub schema: Option<PathBuf>,
+    pub migrations: Option<PathBuf>,
+    pub format: MigrationFormat,
+    pub seeds: Option<PathBuf>,
+    pub extensions: Vec<ExtensionName>,
+    pub pool_size: u32,
+    pub max_environment_bytes: Option<u64>,
 }
 
 impl Blueprint {
-    /// Reads a `[blueprints.NAME]` table and every file it names.
-    pub fn load(name: &str, value: &toml::Value) -> anyhow::Result<Self> {
-        let at = format!("blueprints.{name}");
-        let raw: RawBlueprint = value.clone().try_into().map_err(|e| anyhow!("{at}: {e}"))?;
-        let base = raw.base_dir.clone().unwrap_or_default();
-        let schema = match &raw.schema {
-            Some(p) => Some(read_file(&base.join(p)).with_context(|| format!("{at}.schema"))?),
+    /// Reads every file the source names and checks their names; errors name the config key.
+    pub fn read(source: BlueprintSource) -> anyhow::Result<Self> {
+        let at = format!("blueprints.{}", source.name);
+        let schema = match &source.schema {
+            Some(p) => Some(read_file(p).with_context(|| format!("{at}.schema"))?),
             None => None,
         };
-        let schema_ref = raw.schema.as_ref().map(|p| FileRef {
+        let schema_ref = source.schema.map(|path| FileRef {
             name: schema.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
-            path: base.join(p),
+            path,
         });
-        let format = raw.migrations_format.unwrap_or(MigrationFormat::Plain);
-        let migrations = match &raw.migrations {
-            Some(dir) => read_dir(&base.join(dir), |n| {
-                n.ends_with(".sql") && !n.ends_with(".down.sql")
-            })
-            .with_context(|| format!("{at}.migrations"))?,
+        let migrations = match &source.migrations {
+            Some(dir) => read_dir(dir, |n| n.ends_with(".sql") && !n.ends_with(".down.sql"))
+                .with_context(|| format!("{at}.migrations"))?,
             None => vec![],
         };
-        format
+        source
+            .format
             .check_names(&migrations)
             .map_err(|e| anyhow!("{at}.migrations: {e}"))?;
-        let (seeds, seed_refs) = match &raw.seeds {
-            Some(dir) => {
-                let dir = base.join(dir);
-                let seeds = read_dir(&dir, |n| n.ends_with(".sql") || n.ends_with(".csv"))
-                    .with_context(|| format!("{at}.seeds"))?;
-                let refs = seeds
-                    .iter()
-                    .map(|s| FileRef {
-                        name: s.name.clone(),
-                        path: dir.join(&s.name),
-                    })
-                    .collect();
-                (seeds, refs)
-            }
+        let (seeds, seed_refs) = match &source.seeds {
+            Some(dir) => read_seeds(dir).with_context(|| format!("{at}.seeds"))?,
             None => (vec![], vec![]),
         };
         for s in seeds.iter().filter(|s| s.name.ends_with(".csv")) {
             seed_table(&s.name).map_err(|e| anyhow!("{at}.seeds: {e}"))?;
         }
-        let extensions = raw
-            .extensions
-            .iter()
-            .map(|e| ExtensionName::parse(e).map_err(|e| anyhow!("{at}.extensions: {}", e.reason)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut bp = Blueprint {
-            name: PgIdent::parse(name).map_err(|e| anyhow!("{at}: {e}"))?,
+            name: source.name,
             schema: schema_ref,
-            format,
+            format: source.format,
             migrations,
             seeds: seed_refs,
-            extensions,
-            pool_size: raw.pool_size.unwrap_or(2),
-            max_environment_bytes: raw.max_environment_bytes.map(|b| b.bytes()),
+            extensions: source.extensions,
+            pool_size: source.pool_size,
+            max_environment_bytes: source.max_environment_bytes,
             content_digest: [0; 32],
         };
         bp.content_digest = bp.digest(&Contents { schema, seeds });
@@ -247,6 +225,19 @@ fn read_dir(dir: &Path, keep: impl Fn(&str) -> bool) -> anyhow::Result<Vec<Sourc
     Ok(files)
 }
 
+/// The seed files of `dir`, read now (for the digest) and referenced (to be read again).
+fn read_seeds(dir: &Path) -> anyhow::Result<(Vec<SourceFile>, Vec<FileRef>)> {
+    let seeds = read_dir(dir, |n| n.ends_with(".sql") || n.ends_with(".csv"))?;
+    let refs = seeds
+        .iter()
+        .map(|s| FileRef {
+            name: s.name.clone(),
+            path: dir.join(&s.name),
+        })
+        .collect();
+    Ok((seeds, refs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,13 +248,17 @@ mod tests {
         std::fs::create_dir(dir.path().join("seeds")).unwrap();
         std::fs::write(dir.path().join("schema.sql"), "CREATE TABLE t (n int);").unwrap();
         std::fs::write(dir.path().join("seeds/t.csv"), "n\n1\n").unwrap();
-        let table: toml::Value = toml::from_str(&format!(
-            "schema = {:?}\nseeds = {:?}",
-            dir.path().join("schema.sql").display().to_string(),
-            dir.path().join("seeds").display().to_string()
-        ))
+        let bp = Blueprint::read(BlueprintSource {
+            name: PgIdent::parse("app").unwrap(),
+            schema: Some(dir.path().join("schema.sql")),
+            migrations: None,
+            format: MigrationFormat::Plain,
+            seeds: Some(dir.path().join("seeds")),
+            extensions: vec![],
+            pool_size: 2,
+            max_environment_bytes: None,
+        })
         .unwrap();
-        let bp = Blueprint::load("app", &table).unwrap();
         let contents = bp.contents().unwrap();
         assert_eq!(contents.schema.unwrap().text, "CREATE TABLE t (n int);");
         assert_eq!(contents.seeds[0].text, "n\n1\n");

@@ -2,7 +2,6 @@
 
 use crate::backend::postgres::{PostgresBackend, ServiceSettings};
 use crate::backend::Backend;
-use crate::blueprint::Blueprint;
 use crate::configuration::{Config, TargetConfig};
 use crate::environments::{Defaults, Environments, Target};
 use crate::http::{router, AppState};
@@ -19,7 +18,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let store = Store::open(&config.control_url).await?;
+        let store = Store::open(config.control_url.expose()).await?;
         let mut targets = Vec::new();
         for (name, t) in &config.targets {
             let mut queues = vec![];
@@ -29,12 +28,12 @@ impl Application {
                     let backend = PostgresBackend::new(
                         pg.clone(),
                         ServiceSettings {
-                            builder_password: builder_password(&config.encryption_key),
+                            builder_password: builder_password(config.encryption_key.expose()),
                             provision_timeout: config.provision_timeout,
                             orphan_grace: config.orphan_grace,
                             target: name.clone(),
                             store: store.clone(),
-                            sealer: Sealer::new(&config.encryption_key),
+                            sealer: Sealer::new(config.encryption_key.expose()),
                         },
                     )?;
                     queues = backend.queues();
@@ -53,7 +52,7 @@ impl Application {
                 TargetConfig::Neon(n) => (
                     "neon",
                     Arc::new(crate::backend::neon::NeonBackend::new(name, n)?),
-                    n.max_environments.unwrap_or(25),
+                    n.max_environments,
                 ),
             };
             targets.push(Target {
@@ -65,11 +64,7 @@ impl Application {
                 queues,
             });
         }
-        let blueprints = config
-            .blueprints
-            .iter()
-            .map(|(name, table)| Blueprint::load(name, table))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let blueprints = config.blueprints.values().cloned().collect();
         let defaults = Defaults {
             target: config.default_target.clone(),
             blueprint: config.default_blueprint.clone(),
@@ -78,7 +73,7 @@ impl Application {
         };
         let envs = Environments::new(
             store,
-            Sealer::new(&config.encryption_key),
+            Sealer::new(config.encryption_key.expose()),
             targets,
             blueprints,
             defaults,
