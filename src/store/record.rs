@@ -1,8 +1,7 @@
 //! The environment record as stored, and the filters of a listing.
 
 use crate::backend::{Connection, Resources};
-use crate::domain::Secret;
-use crate::domain::{Isolation, Labels};
+use crate::domain::{Isolation, Labels, Secret};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

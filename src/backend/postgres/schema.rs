@@ -11,8 +11,7 @@
 use super::{db_err, template, Inner, RunGuard, MARK_PREFIX};
 use crate::backend::{BackendError, ProvisionRequest};
 use crate::blueprint::Blueprint;
-use crate::domain::Secret;
-use crate::domain::{PgIdent, SourceFile};
+use crate::domain::{PgIdent, Secret, SourceFile};
 use crate::service::Deadline;
 use crate::sqlexec::migrations::Session;
 use postgres_protocol::escape::escape_literal;
