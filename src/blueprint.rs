@@ -1,68 +1,13 @@
 //! Blueprints: what a new environment starts as — a schema dump, ordered migrations and seed
-//! fixtures — read from disk once at start-up and content-addressed by a hash of every input.
+//! fixtures — read from disk once, when the configuration is loaded, and content-addressed by a
+//! hash of every input.
 
-use crate::domain::{ExtensionName, PgIdent};
+use crate::domain::{ExtensionName, MigrationFormat, PgIdent, SourceFile};
 use anyhow::{anyhow, bail, Context};
-use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the way templates are built changes, so old templates are rebuilt.
 pub const TEMPLATE_FORMAT_VERSION: u32 = 1;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MigrationFormat {
-    /// `V{n}__{name}.sql` (and `U…`), recorded by refinery in `refinery_schema_history`.
-    Refinery,
-    /// `{version}_{description}.sql` / `.up.sql`, recorded by sqlx in `_sqlx_migrations`.
-    Sqlx,
-    /// Any `.sql` in name order, recorded by previewdb in `previewdb_migrations`.
-    Plain,
-}
-
-impl MigrationFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MigrationFormat::Refinery => "refinery",
-            MigrationFormat::Sqlx => "sqlx",
-            MigrationFormat::Plain => "plain",
-        }
-    }
-
-    /// Checks that a file name fits the format, so bad names fail before anything runs.
-    pub fn check_name(self, name: &str) -> Result<(), String> {
-        let stem = name
-            .strip_suffix(".sql")
-            .ok_or_else(|| format!("{name:?}: migrations are .sql files"))?;
-        match self {
-            MigrationFormat::Plain => Ok(()),
-            MigrationFormat::Refinery => {
-                let rest = stem.strip_prefix('V').or_else(|| stem.strip_prefix('U'));
-                let ok = rest.and_then(|r| r.split_once("__")).is_some_and(|(v, n)| {
-                    !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && !n.is_empty()
-                });
-                ok.then_some(()).ok_or_else(|| {
-                    format!("{name:?} is not a refinery migration name (V{{n}}__{{name}}.sql)")
-                })
-            }
-            MigrationFormat::Sqlx => {
-                let ok = stem
-                    .split_once('_')
-                    .is_some_and(|(v, d)| v.parse::<i64>().is_ok() && !d.is_empty());
-                ok.then_some(()).ok_or_else(|| {
-                    format!("{name:?} is not an sqlx migration name ({{version}}_{{name}}.sql)")
-                })
-            }
-        }
-    }
-}
-
-/// One input file, by its name relative to its directory.
-#[derive(Debug, Clone)]
-pub struct SourceFile {
-    pub name: String,
-    pub text: String,
-}
 
 /// An input file read again when it is needed (a dump or seeds may be large: they are not
 /// kept in memory between template builds).
@@ -101,81 +46,57 @@ pub struct Blueprint {
     content_digest: [u8; 32],
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBlueprint {
-    schema: Option<PathBuf>,
-    migrations: Option<PathBuf>,
-    migrations_format: Option<MigrationFormat>,
-    seeds: Option<PathBuf>,
-    #[serde(default)]
-    extensions: Vec<String>,
-    pool_size: Option<u32>,
-    max_environment_bytes: Option<crate::configuration::ByteSize>,
-    #[serde(rename = "__base_dir")]
-    base_dir: Option<PathBuf>,
+/// Where a blueprint's inputs are and how it is used, as its `[blueprints.NAME]` table says
+/// (see `configuration`), with absolute paths.
+#[derive(Debug)]
+pub struct BlueprintSource {
+    pub name: PgIdent,
+    pub schema: Option<PathBuf>,
+    pub migrations: Option<PathBuf>,
+    pub format: MigrationFormat,
+    pub seeds: Option<PathBuf>,
+    pub extensions: Vec<ExtensionName>,
+    pub pool_size: u32,
+    pub max_environment_bytes: Option<u64>,
 }
 
 impl Blueprint {
-    /// Reads a `[blueprints.NAME]` table and every file it names.
-    pub fn load(name: &str, value: &toml::Value) -> anyhow::Result<Self> {
-        let at = format!("blueprints.{name}");
-        let raw: RawBlueprint = value.clone().try_into().map_err(|e| anyhow!("{at}: {e}"))?;
-        let base = raw.base_dir.clone().unwrap_or_default();
-        let schema = match &raw.schema {
-            Some(p) => Some(read_file(&base.join(p)).with_context(|| format!("{at}.schema"))?),
+    /// Reads every file the source names and checks their names; errors name the config key.
+    pub fn read(source: BlueprintSource) -> anyhow::Result<Self> {
+        let at = format!("blueprints.{}", source.name);
+        let schema = match &source.schema {
+            Some(p) => Some(read_file(p).with_context(|| format!("{at}.schema"))?),
             None => None,
         };
-        let schema_ref = raw.schema.as_ref().map(|p| FileRef {
+        let schema_ref = source.schema.map(|path| FileRef {
             name: schema.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
-            path: base.join(p),
+            path,
         });
-        let format = raw.migrations_format.unwrap_or(MigrationFormat::Plain);
-        let migrations = match &raw.migrations {
-            Some(dir) => read_dir(&base.join(dir), |n| {
-                n.ends_with(".sql") && !n.ends_with(".down.sql")
-            })
-            .with_context(|| format!("{at}.migrations"))?,
+        let migrations = match &source.migrations {
+            Some(dir) => read_dir(dir, |n| n.ends_with(".sql") && !n.ends_with(".down.sql"))
+                .with_context(|| format!("{at}.migrations"))?,
             None => vec![],
         };
-        for m in &migrations {
-            format
-                .check_name(&m.name)
-                .map_err(|e| anyhow!("{at}.migrations: {e}"))?;
-        }
-        let (seeds, seed_refs) = match &raw.seeds {
-            Some(dir) => {
-                let dir = base.join(dir);
-                let seeds = read_dir(&dir, |n| n.ends_with(".sql") || n.ends_with(".csv"))
-                    .with_context(|| format!("{at}.seeds"))?;
-                let refs = seeds
-                    .iter()
-                    .map(|s| FileRef {
-                        name: s.name.clone(),
-                        path: dir.join(&s.name),
-                    })
-                    .collect();
-                (seeds, refs)
-            }
+        source
+            .format
+            .check_names(&migrations)
+            .map_err(|e| anyhow!("{at}.migrations: {e}"))?;
+        let (seeds, seed_refs) = match &source.seeds {
+            Some(dir) => read_seeds(dir).with_context(|| format!("{at}.seeds"))?,
             None => (vec![], vec![]),
         };
         for s in seeds.iter().filter(|s| s.name.ends_with(".csv")) {
             seed_table(&s.name).map_err(|e| anyhow!("{at}.seeds: {e}"))?;
         }
-        let extensions = raw
-            .extensions
-            .iter()
-            .map(|e| ExtensionName::parse(e).map_err(|e| anyhow!("{at}.extensions: {}", e.reason)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut bp = Blueprint {
-            name: PgIdent::parse(name).map_err(|e| anyhow!("{at}: {e}"))?,
+            name: source.name,
             schema: schema_ref,
-            format,
+            format: source.format,
             migrations,
             seeds: seed_refs,
-            extensions,
-            pool_size: raw.pool_size.unwrap_or(2),
-            max_environment_bytes: raw.max_environment_bytes.map(|b| b.bytes()),
+            extensions: source.extensions,
+            pool_size: source.pool_size,
+            max_environment_bytes: source.max_environment_bytes,
             content_digest: [0; 32],
         };
         bp.content_digest = bp.digest(&Contents { schema, seeds });
@@ -304,6 +225,19 @@ fn read_dir(dir: &Path, keep: impl Fn(&str) -> bool) -> anyhow::Result<Vec<Sourc
     Ok(files)
 }
 
+/// The seed files of `dir`, read now (for the digest) and referenced (to be read again).
+fn read_seeds(dir: &Path) -> anyhow::Result<(Vec<SourceFile>, Vec<FileRef>)> {
+    let seeds = read_dir(dir, |n| n.ends_with(".sql") || n.ends_with(".csv"))?;
+    let refs = seeds
+        .iter()
+        .map(|s| FileRef {
+            name: s.name.clone(),
+            path: dir.join(&s.name),
+        })
+        .collect();
+    Ok((seeds, refs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,13 +248,17 @@ mod tests {
         std::fs::create_dir(dir.path().join("seeds")).unwrap();
         std::fs::write(dir.path().join("schema.sql"), "CREATE TABLE t (n int);").unwrap();
         std::fs::write(dir.path().join("seeds/t.csv"), "n\n1\n").unwrap();
-        let table: toml::Value = toml::from_str(&format!(
-            "schema = {:?}\nseeds = {:?}",
-            dir.path().join("schema.sql").display().to_string(),
-            dir.path().join("seeds").display().to_string()
-        ))
+        let bp = Blueprint::read(BlueprintSource {
+            name: PgIdent::parse("app").unwrap(),
+            schema: Some(dir.path().join("schema.sql")),
+            migrations: None,
+            format: MigrationFormat::Plain,
+            seeds: Some(dir.path().join("seeds")),
+            extensions: vec![],
+            pool_size: 2,
+            max_environment_bytes: None,
+        })
         .unwrap();
-        let bp = Blueprint::load("app", &table).unwrap();
         let contents = bp.contents().unwrap();
         assert_eq!(contents.schema.unwrap().text, "CREATE TABLE t (n int);");
         assert_eq!(contents.seeds[0].text, "n\n1\n");
@@ -339,18 +277,5 @@ mod tests {
         assert!(seed_table("Users.csv").is_err());
         assert!(seed_table("a.b.c.csv").is_err());
         assert!(seed_table("x\"y.csv").is_err());
-    }
-
-    #[test]
-    fn migration_names_per_format() {
-        use MigrationFormat::*;
-        assert!(Refinery.check_name("V1__init.sql").is_ok());
-        assert!(Refinery.check_name("U12__x.sql").is_ok());
-        assert!(Refinery.check_name("1_init.sql").is_err());
-        assert!(Sqlx.check_name("20240101120000_init.sql").is_ok());
-        assert!(Sqlx.check_name("20240101120000_init.up.sql").is_ok());
-        assert!(Sqlx.check_name("V1__init.sql").is_err());
-        assert!(Plain.check_name("anything.sql").is_ok());
-        assert!(Plain.check_name("anything.txt").is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! `previewdb dev`: the embedded default — a private PostgreSQL as control store and target.
 
-use crate::configuration::{token_digest, Config};
+use crate::configuration::Config;
+use crate::domain::token_digest;
 use crate::embedded::{Durability, EmbeddedPostgres};
 use anyhow::Context;
 use rand::distributions::{Alphanumeric, DistString};

@@ -1,6 +1,7 @@
 use clap::{Parser, Subcommand};
-use previewdb::configuration::{token_digest, Config};
+use previewdb::configuration::Config;
 use previewdb::dev::{self, DevOptions};
+use previewdb::domain::token_digest;
 use previewdb::startup::{init_tracing, Application};
 use std::path::PathBuf;
 

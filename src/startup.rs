@@ -1,7 +1,6 @@
 //! Builds the application from its configuration: store, targets, background work, HTTP server.
 
 use crate::backend::registry::build_targets;
-use crate::blueprint::Blueprint;
 use crate::configuration::Config;
 use crate::http::{router, AppState};
 use crate::service::{Defaults, Environments};
@@ -18,13 +17,9 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let store = Store::open(&config.control_url).await?;
+        let store = Store::open(config.control_url.expose()).await?;
         let targets = build_targets(config, &store).await?;
-        let blueprints = config
-            .blueprints
-            .iter()
-            .map(|(name, table)| Blueprint::load(name, table))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let blueprints = config.blueprints.values().cloned().collect();
         let defaults = Defaults {
             target: config.default_target.clone(),
             blueprint: config.default_blueprint.clone(),
@@ -33,7 +28,7 @@ impl Application {
         };
         let envs = Environments::new(
             store,
-            Sealer::new(&config.encryption_key),
+            Sealer::new(config.encryption_key.expose()),
             targets,
             blueprints,
             defaults,

@@ -267,9 +267,7 @@ async fn revealing_passwords_needs_its_own_scope() {
     let token = |name: &str, scopes: &str, extra: &str| {
         format!(
             "[[tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = [{scopes}]\n{extra}\n",
-            hex::encode(previewdb::configuration::token_digest(&format!(
-                "tok-{name}"
-            )))
+            hex::encode(previewdb::domain::token_digest(&format!("tok-{name}")))
         )
     };
     let toml = [

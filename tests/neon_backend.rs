@@ -455,7 +455,7 @@ async fn rotate_reset_and_extend_speak_neon() {
         .contains(&(conn.user.clone(), rotated.password.expose().to_string())));
 
     let deadline = previewdb::service::Deadline::after(Duration::from_secs(60));
-    b.reset(&res, None, &previewdb::backend::Secret::new(""), &deadline)
+    b.reset(&res, None, &previewdb::domain::Secret::new(""), &deadline)
         .await
         .expect("reset");
     assert_eq!(fake.preview_branches()[0].restores, 1);

@@ -117,7 +117,7 @@ impl Service {
              public_port = {pg_port}\nmax_environments = {max_environments}\n\n",
             control = cluster.admin_url("previewdb"),
             key = hex::encode(key),
-            digest = hex::encode(previewdb::configuration::token_digest(TOKEN)),
+            digest = hex::encode(previewdb::domain::token_digest(TOKEN)),
             admin = cluster.admin_url("postgres"),
             pg_port = cluster.pg.port(),
         );

@@ -9,8 +9,8 @@ pub mod neon;
 pub mod postgres;
 pub mod registry;
 
-use crate::blueprint::{Blueprint, SourceFile};
-use crate::domain::{Connection, EnvKey, InvalidInput, Isolation, Resources};
+use crate::blueprint::Blueprint;
+use crate::domain::{Connection, EnvKey, InvalidInput, Isolation, Resources, Secret, SourceFile};
 use crate::service::{Deadline, QueueFull, WorkQueue};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -30,26 +30,6 @@ pub struct ProvisionRequest {
     pub migrations: Vec<SourceFile>,
     /// By when the environment must be ready; every wait and statement is bounded by it.
     pub deadline: Deadline,
-}
-
-/// A secret string that is never printed by `Debug`.
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
 }
 
 /// The state of a target as seen from previewdb.

@@ -5,6 +5,7 @@ use super::neon::NeonBackend;
 use super::postgres::{PostgresBackend, ServiceSettings};
 use super::{Backend, Capabilities};
 use crate::configuration::{Config, TargetConfig};
+use crate::domain::Secret;
 use crate::service::WorkQueue;
 use crate::store::{Sealer, Store};
 use std::sync::Arc;
@@ -49,12 +50,12 @@ pub async fn build_targets(config: &Config, store: &Store) -> anyhow::Result<Vec
         targets.push(match t {
             TargetConfig::Postgres(pg) => {
                 let settings = ServiceSettings {
-                    builder_password: builder_password(&config.encryption_key),
+                    builder_password: builder_password(config.encryption_key.expose()),
                     provision_timeout: config.provision_timeout,
                     orphan_grace: config.orphan_grace,
                     target: name.clone(),
                     store: store.clone(),
-                    sealer: Sealer::new(&config.encryption_key),
+                    sealer: Sealer::new(config.encryption_key.expose()),
                 };
                 let backend = PostgresBackend::new(pg.clone(), settings)?;
                 harden(name, &backend).await;
@@ -63,8 +64,7 @@ pub async fn build_targets(config: &Config, store: &Store) -> anyhow::Result<Vec
             }
             TargetConfig::Neon(n) => {
                 let backend = Arc::new(NeonBackend::new(name, n)?);
-                let max = n.max_environments.unwrap_or(25);
-                Target::new(name, backend, max, config.provision_timeout)
+                Target::new(name, backend, n.max_environments, config.provision_timeout)
             }
         });
     }
@@ -85,10 +85,10 @@ async fn harden(name: &str, backend: &PostgresBackend) {
 
 /// The password `previewdb_builder` logs in with, derived from the key every replica shares
 /// (so that each can set it and all can use it) and useless without that key.
-fn builder_password(encryption_key: &[u8; 32]) -> super::Secret {
+fn builder_password(encryption_key: &[u8; 32]) -> Secret {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     h.update(b"previewdb:builder-password:");
     h.update(encryption_key);
-    super::Secret::new(hex::encode(h.finalize()))
+    Secret::new(hex::encode(h.finalize()))
 }

@@ -1,6 +1,6 @@
 //! How a caller reaches an environment, and the connection string it is handed.
 
-use crate::backend::Secret;
+use crate::domain::Secret;
 
 /// Everything but RFC 3986 unreserved characters is percent-encoded in URI parts.
 const URI_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC

@@ -1,5 +1,6 @@
-//! Caller input parsed once at the edge into types that can only hold valid values, and the
-//! values every layer passes around: an environment's connection and its resources.
+//! Values parsed once at the edge (from a request or the config) into types that can only hold
+//! valid values, the secrets among them (which never print), and the values every layer passes
+//! around: an environment's connection and its resources.
 
 mod connection;
 mod env_key;
@@ -8,6 +9,9 @@ mod identifier;
 mod isolation;
 mod labels;
 mod resources;
+mod secret;
+mod source;
+mod token;
 mod ttl;
 
 pub use connection::Connection;
@@ -17,6 +21,9 @@ pub use identifier::PgIdent;
 pub use isolation::Isolation;
 pub use labels::Labels;
 pub use resources::{ForeignResources, NeonResources, PostgresResources, Resources};
+pub use secret::{EncryptionKey, Secret};
+pub use source::{MigrationFormat, MigrationNameError, SourceFile};
+pub use token::{token_digest, ApiToken, Scope, TokenDigest};
 pub use ttl::Ttl;
 
 /// Why a piece of caller input was refused; `field` names what was wrong.
@@ -34,4 +41,9 @@ impl InvalidInput {
             reason: reason.into(),
         }
     }
+}
+
+/// 32 bytes written as 64 hex characters, surrounding whitespace ignored.
+fn hex_32(s: &str) -> Option<[u8; 32]> {
+    hex::decode(s.trim()).ok()?.try_into().ok()
 }

@@ -2,7 +2,7 @@
 //! constant time; the token itself is never stored or logged.
 
 use super::{ApiError, AppState};
-use crate::configuration::{token_digest, Scope};
+use crate::domain::{token_digest, Scope};
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts, StatusCode};
 
@@ -48,7 +48,7 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <token>`"))?;
         let digest = token_digest(token);
         let found = state.tokens.iter().fold(None, |found, t| {
-            if constant_time_eq(&t.sha256, &digest) {
+            if t.sha256.matches(&digest) {
                 Some(t)
             } else {
                 found
@@ -60,8 +60,4 @@ impl FromRequestParts<AppState> for Caller {
             scopes: t.scopes.clone(),
         })
     }
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

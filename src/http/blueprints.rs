@@ -4,7 +4,7 @@ use super::auth::Caller;
 use super::{ApiError, ApiPath, AppState};
 use crate::backend::BlueprintStatus;
 use crate::blueprint::Blueprint;
-use crate::configuration::Scope;
+use crate::domain::Scope;
 use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};

@@ -2,8 +2,8 @@
 
 use super::auth::Caller;
 use super::{paging, ApiError, ApiJson, ApiPath, ApiQuery, AppState};
-use crate::blueprint::SourceFile;
-use crate::configuration::Scope;
+use crate::domain::Scope;
+use crate::domain::SourceFile;
 use crate::domain::{EnvKey, Isolation, Labels, Ttl};
 use crate::service::{CreateSpec, Env};
 use crate::store::{EnvRecord, ListFilter, State};

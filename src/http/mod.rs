@@ -11,7 +11,7 @@ mod system;
 
 pub use error::ApiError;
 
-use crate::configuration::ApiToken;
+use crate::domain::ApiToken;
 use crate::service::Environments;
 use axum::extract::{
     DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State,

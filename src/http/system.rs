@@ -2,7 +2,7 @@
 
 use super::auth::Caller;
 use super::{ApiError, AppState};
-use crate::configuration::Scope;
+use crate::domain::Scope;
 use crate::service::SweepReport;
 use axum::extract::State;
 use axum::http::{header, StatusCode};

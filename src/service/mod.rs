@@ -34,9 +34,9 @@ pub use snapshot::TargetView;
 pub use upkeep::{run_upkeep, SweepReport, SweptEnv, NO_WARM_UP_ENV};
 
 use crate::backend::registry::Target;
-use crate::backend::Secret;
 use crate::blueprint::Blueprint;
 use crate::domain::InvalidInput;
+use crate::domain::Secret;
 use crate::metrics::{Metrics, Operation};
 use crate::store::{EnvRecord, Sealer, Store};
 use lease::Stop;

@@ -5,8 +5,9 @@
 use super::plan;
 use super::{join, stoppable, Deadline, Environments, Result, ServiceError};
 use crate::backend::registry::Target;
-use crate::backend::{Secret, Support};
-use crate::blueprint::SourceFile;
+use crate::backend::Support;
+use crate::domain::Secret;
+use crate::domain::SourceFile;
 use crate::domain::{Connection, InvalidInput, Ttl};
 use crate::metrics::Operation;
 use crate::service::lease::Purpose;

@@ -3,8 +3,9 @@
 //! function of the request and the configuration, so it is tested without any server.
 
 use crate::backend::{Capabilities, Support};
-use crate::blueprint::{Blueprint, MigrationFormat, SourceFile};
+use crate::blueprint::Blueprint;
 use crate::domain::{EnvKey, InvalidInput, Isolation, Labels, Ttl};
+use crate::domain::{MigrationFormat, SourceFile};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,12 +141,7 @@ pub fn check_migrations(
     migrations: &[SourceFile],
 ) -> Result<(), InvalidInput> {
     let format = blueprint.map_or(MigrationFormat::Plain, |b| b.format);
-    for m in migrations {
-        format
-            .check_name(&m.name)
-            .map_err(|e| InvalidInput::new("migrations", e))?;
-    }
-    Ok(())
+    Ok(format.check_names(migrations)?)
 }
 
 /// What makes two creates of one key "the same environment".
@@ -167,6 +163,7 @@ fn settings_digest(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blueprint::BlueprintSource;
 
     const POSTGRES: Capabilities = Capabilities {
         kind: "postgres",
@@ -214,12 +211,17 @@ mod tests {
             "create table t ();",
         )
         .unwrap();
-        let table: toml::Value = toml::from_str(&format!(
-            "migrations = {:?}\nmigrations_format = \"refinery\"",
-            dir.path().join("migrations").display().to_string()
-        ))
+        let bp = Blueprint::read(BlueprintSource {
+            name: crate::domain::PgIdent::parse("app").unwrap(),
+            schema: None,
+            migrations: Some(dir.path().join("migrations")),
+            format: MigrationFormat::Refinery,
+            seeds: None,
+            extensions: vec![],
+            pool_size: 0,
+            max_environment_bytes: None,
+        })
         .unwrap();
-        let bp = Blueprint::load("app", &table).unwrap();
         (dir, BTreeMap::from([("app".to_owned(), Arc::new(bp))]))
     }
 

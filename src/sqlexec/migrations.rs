@@ -4,7 +4,7 @@
 //! `previewdb_migrations` table).
 
 use super::{Item, Mode, Policy, Script, ScriptError};
-use crate::blueprint::{MigrationFormat, SourceFile};
+use crate::domain::{MigrationFormat, SourceFile};
 use crate::pgconn::PgConnector;
 use crate::service::Deadline;
 
@@ -68,11 +68,9 @@ pub async fn apply(
     if files.is_empty() {
         return Ok(0);
     }
-    for f in files {
-        format
-            .check_name(&f.name)
-            .map_err(|m| ScriptError::local(&f.name, 0, "", m))?;
-    }
+    format
+        .check_names(files)
+        .map_err(|e| ScriptError::local(&e.file, 0, "", e.reason))?;
     match format {
         MigrationFormat::Refinery => apply_refinery(session, files).await,
         MigrationFormat::Sqlx => apply_sqlx(session, files).await,

@@ -1,8 +1,6 @@
 //! The environment record as stored, and the filters of a listing.
 
-use crate::backend::Secret;
-use crate::domain::{Connection, Resources};
-use crate::domain::{Isolation, Labels};
+use crate::domain::{Connection, Isolation, Labels, Resources, Secret};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -4,8 +4,9 @@
 
 pub mod serve;
 
-use previewdb::configuration::{token_digest, ApiToken, Config, Scope};
+use previewdb::configuration::Config;
 use previewdb::dev::{self, DevOptions};
+use previewdb::domain::{token_digest, ApiToken, Scope};
 use previewdb::embedded::EmbeddedPostgres;
 use previewdb::startup::Application;
 use reqwest::{Method, StatusCode};

@@ -2,7 +2,7 @@
 //! built, configured by a file like an operator's, killed with SIGKILL and started again.
 
 use super::{Cluster, ADMIN_TOKEN};
-use previewdb::configuration::token_digest;
+use previewdb::domain::token_digest;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
@@ -44,7 +44,7 @@ impl Replica {
              [targets.local]\nkind = \"postgres\"\nadmin_url = {admin:?}\npublic_host = \"127.0.0.1\"\n\
              public_port = {pg_port}\nmax_environments = 5000\n{local}\n\n{tables}\n",
             control = pg.admin_url("previewdb"),
-            key = hex::encode(cluster.config.encryption_key),
+            key = hex::encode(cluster.config.encryption_key.expose()),
             top = opts.top,
             digest = hex::encode(token_digest(ADMIN_TOKEN)),
             admin = pg.admin_url("postgres"),

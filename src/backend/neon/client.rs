@@ -1,7 +1,7 @@
 //! Neon HTTP API client: one call = retries of transient answers plus operation polling, all
 //! under one deadline, with the API key kept out of every log line and error text.
 
-use crate::backend::Secret;
+use crate::domain::Secret;
 use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;

@@ -4,11 +4,10 @@
 mod client;
 
 use crate::backend::{
-    object_name, Backend, BackendError, Capabilities, ProvisionRequest, Secret, Support,
-    TargetHealth,
+    object_name, Backend, BackendError, Capabilities, ProvisionRequest, Support, TargetHealth,
 };
 use crate::configuration::NeonTargetConfig;
-use crate::domain::{Connection, InvalidInput, Isolation, NeonResources, Resources, Ttl};
+use crate::domain::{Connection, InvalidInput, Isolation, NeonResources, Resources, Secret, Ttl};
 use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, SecondsFormat, Utc};
 use client::{seg, ClientSettings, Deadline, NeonClient, NeonError, Reply};

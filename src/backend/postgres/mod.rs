@@ -22,12 +22,14 @@ mod tenant;
 pub use target::ServiceSettings;
 
 use super::{
-    object_name, Backend, BackendError, BlueprintStatus, Capabilities, ProvisionRequest, Secret,
-    Support, TargetHealth,
+    object_name, Backend, BackendError, BlueprintStatus, Capabilities, ProvisionRequest, Support,
+    TargetHealth,
 };
-use crate::blueprint::{Blueprint, SourceFile};
+use crate::blueprint::Blueprint;
 use crate::configuration::PostgresTargetConfig;
-use crate::domain::{Connection, InvalidInput, Isolation, PgIdent, PostgresResources, Resources};
+use crate::domain::{
+    Connection, InvalidInput, Isolation, PgIdent, PostgresResources, Resources, Secret, SourceFile,
+};
 use crate::service::{Deadline, WorkQueue};
 use admin::{db_err, quote, Sessions};
 use chrono::{DateTime, Utc};

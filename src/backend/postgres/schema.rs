@@ -14,9 +14,9 @@ use super::marks;
 use super::names::EnvNames;
 use super::target::Inner;
 use super::template;
-use crate::backend::{BackendError, ProvisionRequest, Secret};
-use crate::blueprint::{Blueprint, SourceFile};
-use crate::domain::{InvalidInput, PgIdent};
+use crate::backend::{BackendError, ProvisionRequest};
+use crate::blueprint::Blueprint;
+use crate::domain::{InvalidInput, PgIdent, Secret, SourceFile};
 use crate::service::Deadline;
 
 pub(super) fn check_blueprint(blueprint: Option<&Blueprint>) -> Result<(), BackendError> {

@@ -1,0 +1,137 @@
+//! The file's shape, as serde reads it: every key optional where a default exists, unknown keys
+//! refused so that a typo fails loudly. Nothing here is validated beyond its TOML type, and
+//! nothing derives `Debug`: these still hold admin URLs and keys in clear.
+
+use super::targets::NeonTargetConfig;
+use crate::domain::MigrationFormat;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub listen: Option<String>,
+    pub control_url: Option<String>,
+    pub default_target: Option<String>,
+    pub default_blueprint: Option<String>,
+    pub default_ttl: Option<String>,
+    pub max_ttl: Option<String>,
+    pub encryption_key: Option<String>,
+    pub encryption_key_env: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub provision_timeout: Option<String>,
+    pub upkeep_interval: Option<String>,
+    pub orphan_grace: Option<String>,
+    #[serde(default)]
+    pub tokens: Vec<RawToken>,
+    #[serde(default)]
+    pub targets: BTreeMap<String, RawTarget>,
+    /// Read table by table (see `blueprints`), so that an error names the blueprint.
+    #[serde(default)]
+    pub blueprints: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawToken {
+    pub name: String,
+    pub sha256: String,
+    pub scopes: Vec<String>,
+    /// `false` withholds `environments:reveal` from a token with `environments:write`/`admin`.
+    pub reveal: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub(super) enum RawTarget {
+    Postgres(Box<RawPostgresTarget>),
+    Neon(Box<NeonTargetConfig>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPostgresTarget {
+    pub admin_url: Option<String>,
+    pub admin_url_env: Option<String>,
+    pub public_host: String,
+    pub public_port: Option<u16>,
+    pub public_sslmode: Option<String>,
+    pub max_environments: Option<u32>,
+    pub connection_limit: Option<i32>,
+    pub revoke_public_connect: Option<bool>,
+    pub max_concurrent_provisions: Option<usize>,
+    pub max_queued: Option<usize>,
+    pub provision_timeout: Option<String>,
+    pub max_environment_bytes: Option<ByteSize>,
+    pub clone_strategy: Option<String>,
+    pub file_copy_above: Option<ByteSize>,
+}
+
+/// A `[blueprints.NAME]` table; paths are relative to the config file's directory.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBlueprint {
+    pub schema: Option<PathBuf>,
+    pub migrations: Option<PathBuf>,
+    pub migrations_format: Option<MigrationFormat>,
+    pub seeds: Option<PathBuf>,
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    pub pool_size: Option<u32>,
+    pub max_environment_bytes: Option<ByteSize>,
+}
+
+/// A size in bytes: an integer, or a string such as `"500MB"` or `"2GiB"`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub(super) enum ByteSize {
+    Bytes(u64),
+    Text(#[serde(deserialize_with = "de_byte_text")] u64),
+}
+
+impl ByteSize {
+    pub fn bytes(self) -> u64 {
+        match self {
+            ByteSize::Bytes(n) | ByteSize::Text(n) => n,
+        }
+    }
+}
+
+fn de_byte_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_bytes(&s).map_err(serde::de::Error::custom)
+}
+
+/// `"512"`, `"500MB"`, `"2GiB"`, `"1.5GB"` → bytes.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 500MB or 2GiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "TiB" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    let bytes = n * mult as f64;
+    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("{s:?} is not a positive size"));
+    }
+    Ok(bytes as u64)
+}
