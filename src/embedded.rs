@@ -1,5 +1,8 @@
 //! A private PostgreSQL cluster run from the server binaries installed on this machine: the
 //! store and target of `previewdb dev`, and the real server every test talks to.
+// Process control has no safe std API: the server's death signal (prctl), its stop (kill)
+// and the unprivileged user it runs as (getpwnam) go through libc.
+#![allow(unsafe_code)]
 
 use anyhow::{anyhow, bail, Context};
 use std::os::unix::process::CommandExt;

@@ -7,13 +7,13 @@ pub mod configuration;
 pub mod dev;
 pub mod domain;
 pub mod embedded;
-pub mod http;
-pub mod metrics;
+mod http;
+mod metrics;
 pub mod pgconn;
 pub mod service;
 pub mod sqlexec;
 pub mod startup;
-pub mod store;
+mod store;
 
 /// The PostgreSQL advisory-lock id of `name` in `namespace`, so that locks of different kinds
 /// (an environment key, a template, a pool) can never share an id.

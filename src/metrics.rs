@@ -13,7 +13,7 @@ use prometheus_client::registry::{Registry, Unit};
 use std::time::Duration;
 
 /// The OpenMetrics text format, which Prometheus scrapes natively.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Environments are handed out warm in milliseconds, cold in a few hundred, and a template build
 /// on the way takes seconds.
@@ -249,7 +249,7 @@ pub struct PoolFigures {
 }
 
 /// The exposition: this process's counters and histograms, then the gauges of `snapshot`.
-pub fn render(metrics: &Metrics, snapshot: &Snapshot) -> String {
+pub(crate) fn render(metrics: &Metrics, snapshot: &Snapshot) -> String {
     let mut scrape = Registry::with_prefix("previewdb");
     register_environments(&mut scrape, snapshot);
     register_targets(&mut scrape, snapshot);

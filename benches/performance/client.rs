@@ -5,13 +5,13 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 #[derive(Clone)]
-pub struct Api {
+pub(crate) struct Api {
     pub base: String,
     pub http: reqwest::Client,
     pub token: String,
 }
 
-pub enum Answer {
+pub(crate) enum Answer {
     Http {
         status: u16,
         body: Value,
@@ -21,30 +21,30 @@ pub enum Answer {
 }
 
 impl Answer {
-    pub fn status(&self) -> Option<u16> {
+    pub(crate) fn status(&self) -> Option<u16> {
         match self {
             Answer::Http { status, .. } => Some(*status),
             Answer::Transport(_) => None,
         }
     }
 
-    pub fn is(&self, status: u16) -> bool {
+    pub(crate) fn is(&self, status: u16) -> bool {
         self.status() == Some(status)
     }
 
-    pub fn body(&self) -> &Value {
+    pub(crate) fn body(&self) -> &Value {
         match self {
             Answer::Http { body, .. } => body,
             Answer::Transport(_) => &Value::Null,
         }
     }
 
-    pub fn id(&self) -> Option<String> {
+    pub(crate) fn id(&self) -> Option<String> {
         self.body()["id"].as_str().map(str::to_owned)
     }
 
     /// `<operation> <status> <code>`, e.g. `create 503 queue_full`.
-    pub fn label(&self, operation: &str) -> String {
+    pub(crate) fn label(&self, operation: &str) -> String {
         match self {
             Answer::Http { status, body, .. } => match body["code"].as_str() {
                 Some(code) => format!("{operation} {status} {code}"),
@@ -55,7 +55,7 @@ impl Answer {
     }
 
     /// What the answer says went wrong: its problem's `detail`, or the transport error.
-    pub fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         match self {
             Answer::Http { body, .. } => body["detail"]
                 .as_str()
@@ -66,7 +66,7 @@ impl Answer {
 
     /// How long a polite client waits before trying again: `Retry-After`, capped so that a
     /// load level's clients keep the service busy.
-    pub fn pause(&self) -> Duration {
+    pub(crate) fn pause(&self) -> Duration {
         match self {
             Answer::Http {
                 retry_after: Some(d),
@@ -78,7 +78,7 @@ impl Answer {
 }
 
 impl Api {
-    pub fn new(base: String, token: String, timeout: Duration) -> anyhow::Result<Self> {
+    pub(crate) fn new(base: String, token: String, timeout: Duration) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(1024)
             .timeout(timeout)
@@ -86,7 +86,7 @@ impl Api {
         Ok(Self { base, http, token })
     }
 
-    pub async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
+    pub(crate) async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
         match req.bearer_auth(&self.token).send().await {
             Ok(res) => {
                 let status = res.status().as_u16();
@@ -107,30 +107,30 @@ impl Api {
     }
 
     /// Sends and times the request as the client sees it: until the whole body has arrived.
-    pub async fn timed(&self, req: reqwest::RequestBuilder) -> (Answer, Duration) {
+    pub(crate) async fn timed(&self, req: reqwest::RequestBuilder) -> (Answer, Duration) {
         let t = Instant::now();
         let answer = self.send(req).await;
         (answer, t.elapsed())
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    pub fn post(&self, path: &str, body: Value) -> reqwest::RequestBuilder {
+    pub(crate) fn post(&self, path: &str, body: Value) -> reqwest::RequestBuilder {
         self.http.post(self.url(path)).json(&body)
     }
 
-    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.http.get(self.url(path))
     }
 
-    pub fn delete_env(&self, id: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn delete_env(&self, id: &str) -> reqwest::RequestBuilder {
         self.http
             .delete(self.url(&format!("/v1/environments/{id}")))
     }
 
-    pub fn create_env(&self, key: &str, blueprint: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn create_env(&self, key: &str, blueprint: &str) -> reqwest::RequestBuilder {
         self.post(
             "/v1/environments",
             json!({ "key": key, "blueprint": blueprint }),
@@ -138,7 +138,7 @@ impl Api {
     }
 
     /// `POST /v1/blueprints/{name}/prepare`: the template built and the pool filled.
-    pub async fn prepare(&self, blueprint: &str) -> anyhow::Result<(Value, Duration)> {
+    pub(crate) async fn prepare(&self, blueprint: &str) -> anyhow::Result<(Value, Duration)> {
         let (answer, took) = self
             .timed(self.post(&format!("/v1/blueprints/{blueprint}/prepare"), json!({})))
             .await;
@@ -152,7 +152,7 @@ impl Api {
     }
 
     /// The blueprint's status on the `local` target (hash, template state, pool fill).
-    pub async fn blueprint_status(&self, blueprint: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn blueprint_status(&self, blueprint: &str) -> anyhow::Result<Value> {
         let answer = self
             .send(self.get(&format!("/v1/blueprints/{blueprint}")))
             .await;
@@ -167,7 +167,7 @@ impl Api {
 
     /// Waits until the pool of `blueprint` holds at least `want` ready entries, up to `limit`.
     /// Returns whether it did.
-    pub async fn wait_pool(&self, blueprint: &str, want: u64, limit: Duration) -> bool {
+    pub(crate) async fn wait_pool(&self, blueprint: &str, want: u64, limit: Duration) -> bool {
         let until = Instant::now() + limit;
         loop {
             if let Ok(s) = self.blueprint_status(blueprint).await {

@@ -8,9 +8,9 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-pub const TABLES: usize = 100;
+pub(crate) const TABLES: usize = 100;
 
-pub struct Generated {
+pub(crate) struct Generated {
     pub schema: PathBuf,
     pub migrations: PathBuf,
     pub seeds: PathBuf,
@@ -618,7 +618,7 @@ fn migrations(tables: &[Table]) -> [(String, String); 2] {
 }
 
 /// Writes the blueprint under `root` (`schema.sql`, `migrations/`, `data/`).
-pub fn generate(root: &Path, seed_bytes: usize) -> anyhow::Result<Generated> {
+pub(crate) fn generate(root: &Path, seed_bytes: usize) -> anyhow::Result<Generated> {
     let mut rng = Lcg(0x5eed_2024_0008);
     let mut tables = define(&mut rng);
     let weights: Vec<u64> = (0..TABLES)

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub struct Level {
+pub(crate) struct Level {
     pub pairs: usize,
     pub wall: Duration,
     pub creates: Series,
@@ -16,18 +16,18 @@ pub struct Level {
 }
 
 impl Level {
-    pub fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.pairs as f64 / self.wall.as_secs_f64()
     }
 
-    pub fn errors(&self) -> usize {
+    pub(crate) fn errors(&self) -> usize {
         self.creates.error_count() + self.deletes.error_count()
     }
 }
 
 /// `clients` callers each creating an environment of `blueprint` and deleting it, again and
 /// again, starting no new pair after `run`; the rate counts until the last pair finished.
-pub async fn pairs(api: &Api, blueprint: &str, clients: usize, run: Duration) -> Level {
+pub(crate) async fn pairs(api: &Api, blueprint: &str, clients: usize, run: Duration) -> Level {
     let started = Instant::now();
     let stop_at = started + run;
     let mut workers = vec![];
@@ -75,12 +75,12 @@ pub async fn pairs(api: &Api, blueprint: &str, clients: usize, run: Duration) ->
 
 /// Tries of one request in a fill or a teardown: each failure is counted, and the request (an
 /// idempotent create or delete) sent again, so that a level still gets its count.
-pub const ATTEMPTS: usize = 3;
+pub(crate) const ATTEMPTS: usize = 3;
 
 /// Runs `requests` (indexed `0..n`) with at most `concurrency` in flight, each up to
 /// [`ATTEMPTS`] times. Returns the ids of the answers with `expect` status, the series and the
 /// wall time.
-pub async fn fan_out(
+pub(crate) async fn fan_out(
     api: &Api,
     n: usize,
     concurrency: usize,
@@ -125,7 +125,7 @@ pub async fn fan_out(
 }
 
 /// `n` environments of the empty blueprint with `isolation`, created `concurrency` at a time.
-pub async fn fill(
+pub(crate) async fn fill(
     api: &Api,
     prefix: &str,
     n: usize,
@@ -142,7 +142,7 @@ pub async fn fill(
     .await
 }
 
-pub async fn delete_all(api: &Api, ids: Vec<String>, concurrency: usize) -> (Series, Duration) {
+pub(crate) async fn delete_all(api: &Api, ids: Vec<String>, concurrency: usize) -> (Series, Duration) {
     let n = ids.len();
     let ids = Arc::new(ids);
     let (_, s, wall) = fan_out(api, n, concurrency, "delete", 200, move |api, i| {
@@ -153,7 +153,7 @@ pub async fn delete_all(api: &Api, ids: Vec<String>, concurrency: usize) -> (Ser
 }
 
 /// `GET /v1/environments` (the first page, as a dashboard asks for it), `rounds` times.
-pub async fn list(api: &Api, rounds: usize) -> (Series, usize) {
+pub(crate) async fn list(api: &Api, rounds: usize) -> (Series, usize) {
     let mut s = Series::default();
     let mut items = 0;
     for _ in 0..rounds {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 /// The finished template holding blueprint content `hash` (copies of one blueprint under other
 /// names share it).
-pub async fn template_of(cluster: &Cluster, hash: &str) -> anyhow::Result<String> {
+pub(crate) async fn template_of(cluster: &Cluster, hash: &str) -> anyhow::Result<String> {
     let rows = cluster
         .admin("postgres")
         .await?
@@ -30,7 +30,7 @@ pub async fn template_of(cluster: &Cluster, hash: &str) -> anyhow::Result<String
 /// `rounds` clones of `template` with each strategy, taking turns so that neither gets the
 /// server in a state the other left it in more often; each clone is dropped again (not timed).
 /// One untimed clone of each comes first: the first after a build also flushes the template.
-pub async fn strategies(
+pub(crate) async fn strategies(
     cluster: &Cluster,
     template: &str,
     strategies: &[&'static str],
@@ -70,7 +70,7 @@ pub async fn strategies(
 }
 
 /// The size of a database, in bytes.
-pub async fn size(cluster: &Cluster, db: &str) -> anyhow::Result<i64> {
+pub(crate) async fn size(cluster: &Cluster, db: &str) -> anyhow::Result<i64> {
     Ok(cluster
         .admin("postgres")
         .await?
@@ -79,21 +79,21 @@ pub async fn size(cluster: &Cluster, db: &str) -> anyhow::Result<i64> {
         .get(0))
 }
 
-pub struct Ceiling {
+pub(crate) struct Ceiling {
     pub sessions: usize,
     pub pairs: Series,
     pub wall: Duration,
 }
 
 impl Ceiling {
-    pub fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.pairs.took.len() as f64 / self.wall.as_secs_f64()
     }
 }
 
 /// `sessions` admin sessions cloning `template` (the default strategy, as the service would
 /// without being told) and dropping the clone, starting no new pair after `run`.
-pub async fn ceiling(
+pub(crate) async fn ceiling(
     cluster: &Cluster,
     template: &str,
     sessions: usize,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-pub struct Recipe {
+pub(crate) struct Recipe {
     pub extensions: Vec<String>,
     pub schema: Option<PathBuf>,
     pub migrations: Vec<PathBuf>,
@@ -16,7 +16,7 @@ pub struct Recipe {
 }
 
 /// Files of `dir` with one of `extensions`, in name order (refinery's `V{n}__` by number).
-pub fn files(dir: &Path, extensions: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn files(dir: &Path, extensions: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .map(|e| e.map(|e| e.path()))
@@ -41,13 +41,13 @@ pub fn files(dir: &Path, extensions: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
 
 /// What one run of the recipe took, and the errors psql reported and went on from (the
 /// example dump names roles this cluster lacks, as dumps from elsewhere do).
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub took: Duration,
     pub errors: usize,
     pub first_error: Option<String>,
 }
 
-pub fn run(cluster: &Cluster, recipe: &Recipe, db: &str) -> anyhow::Result<Outcome> {
+pub(crate) fn run(cluster: &Cluster, recipe: &Recipe, db: &str) -> anyhow::Result<Outcome> {
     let bin = previewdb::embedded::EmbeddedPostgres::find_bin_dir()?;
     let socket = cluster.pg.socket_dir().to_path_buf();
     let port = cluster.pg.port().to_string();

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::fmt::Write as _;
 
 #[derive(Default)]
-pub struct Row {
+pub(crate) struct Row {
     pub measurement: String,
     pub latency: Option<Percentiles>,
     /// A single figure instead of percentiles, with its unit.
@@ -26,20 +26,20 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(measurement: impl Into<String>) -> Self {
+    pub(crate) fn new(measurement: impl Into<String>) -> Self {
         Self {
             measurement: measurement.into(),
             ..Default::default()
         }
     }
 
-    pub fn series(mut self, s: &Series) -> Self {
+    pub(crate) fn series(mut self, s: &Series) -> Self {
         self.latency = Some(s.pct());
         self.errors = Some(s.error_count());
         self
     }
 
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         json!({
             "measurement": self.measurement,
             "latency": self.latency.map(|p| p.json()),
@@ -55,7 +55,7 @@ impl Row {
     }
 }
 
-pub fn fmt_ms(v: f64) -> String {
+pub(crate) fn fmt_ms(v: f64) -> String {
     if v >= 10_000.0 {
         format!("{:.1} s", v / 1000.0)
     } else if v >= 100.0 {
@@ -91,7 +91,7 @@ fn fmt_ratio(r: f64, kind: &str) -> String {
     }
 }
 
-pub fn markdown(rows: &[Row]) -> String {
+pub(crate) fn markdown(rows: &[Row]) -> String {
     let mut t = String::from(
         "| measurement | n | p50 (or value) | p95 | p99 | throughput | errors | baseline | vs baseline | goal | met? |\n\
          |---|---:|---:|---:|---:|---:|---:|---|---:|---|---|\n",

@@ -9,15 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const TOKEN: &str = "bench-token";
+pub(crate) const TOKEN: &str = "bench-token";
 
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub pg: EmbeddedPostgres,
     pub dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    pub async fn start() -> anyhow::Result<Self> {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("previewdb-bench-")
             .tempdir()?;
@@ -38,16 +38,16 @@ impl Cluster {
         Ok(Self { pg, dir })
     }
 
-    pub fn admin_url(&self, db: &str) -> String {
+    pub(crate) fn admin_url(&self, db: &str) -> String {
         self.pg.admin_url(db)
     }
 
-    pub async fn admin(&self, db: &str) -> anyhow::Result<tokio_postgres::Client> {
+    pub(crate) async fn admin(&self, db: &str) -> anyhow::Result<tokio_postgres::Client> {
         connect(&self.admin_url(db)).await
     }
 }
 
-pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+pub(crate) async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .with_context(|| format!("connecting to {url}"))?;
@@ -58,7 +58,7 @@ pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
 }
 
 /// One blueprint of the generated configuration.
-pub struct BlueprintConfig {
+pub(crate) struct BlueprintConfig {
     pub name: String,
     pub schema: Option<PathBuf>,
     pub migrations: Option<PathBuf>,
@@ -87,7 +87,7 @@ impl BlueprintConfig {
     }
 }
 
-pub struct Service {
+pub(crate) struct Service {
     child: Child,
     pub pid: u32,
     pub base: String,
@@ -96,7 +96,7 @@ pub struct Service {
 
 impl Service {
     /// Writes the configuration into `dir` and starts `previewdb serve`, waiting for `/readyz`.
-    pub async fn start(
+    pub(crate) async fn start(
         cluster: &Cluster,
         dir: &Path,
         max_environments: usize,
@@ -177,14 +177,14 @@ impl Service {
         }
     }
 
-    pub fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
     /// `VmRSS` and `VmHWM` (peak) of the process, in bytes.
-    pub fn memory(&self) -> anyhow::Result<(u64, u64)> {
+    pub(crate) fn memory(&self) -> anyhow::Result<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
         let field = |name: &str| -> anyhow::Result<u64> {
             let line = status
@@ -202,7 +202,7 @@ impl Service {
     }
 
     /// Still running? A service that died mid-run makes every later figure meaningless.
-    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!("previewdb serve exited ({status}):\n{}", self.log_tail());
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// Latencies of the calls that succeeded, and what the others answered.
 #[derive(Default, Clone)]
-pub struct Series {
+pub(crate) struct Series {
     pub took: Vec<Duration>,
     /// Failed calls by `<operation> <status> <code>`.
     pub errors: BTreeMap<String, usize>,
@@ -16,20 +16,20 @@ pub struct Series {
 }
 
 impl Series {
-    pub fn ok(&mut self, took: Duration) {
+    pub(crate) fn ok(&mut self, took: Duration) {
         self.took.push(took);
     }
 
-    pub fn fail(&mut self, label: String, detail: String) {
+    pub(crate) fn fail(&mut self, label: String, detail: String) {
         *self.errors.entry(label.clone()).or_default() += 1;
         self.details.entry(label).or_insert(detail);
     }
 
-    pub fn error_count(&self) -> usize {
+    pub(crate) fn error_count(&self) -> usize {
         self.errors.values().sum()
     }
 
-    pub fn absorb(&mut self, other: Series) {
+    pub(crate) fn absorb(&mut self, other: Series) {
         self.took.extend(other.took);
         for (k, n) in other.errors {
             *self.errors.entry(k).or_default() += n;
@@ -39,13 +39,13 @@ impl Series {
         }
     }
 
-    pub fn pct(&self) -> Percentiles {
+    pub(crate) fn pct(&self) -> Percentiles {
         Percentiles::of(&self.took)
     }
 }
 
 #[derive(Clone, Copy, Debug)]
-pub struct Percentiles {
+pub(crate) struct Percentiles {
     pub n: usize,
     pub p50: f64,
     pub p95: f64,
@@ -55,7 +55,7 @@ pub struct Percentiles {
 
 impl Percentiles {
     /// Nearest-rank percentiles in milliseconds; `n = 0` and zeros for no samples.
-    pub fn of(v: &[Duration]) -> Self {
+    pub(crate) fn of(v: &[Duration]) -> Self {
         let mut v = v.to_vec();
         v.sort();
         let at = |q: f64| {
@@ -74,11 +74,11 @@ impl Percentiles {
         }
     }
 
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         json!({ "n": self.n, "p50_ms": self.p50, "p95_ms": self.p95, "p99_ms": self.p99, "max_ms": self.max })
     }
 }
 
-pub fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }

@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub struct Reader {
+pub(crate) struct Reader {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<BTreeMap<String, Series>>,
 }
 
 impl Reader {
     /// Times each of `paths` in turn, 10 ms apart, until stopped.
-    pub fn start(api: &Api, paths: Vec<String>) -> Self {
+    pub(crate) fn start(api: &Api, paths: Vec<String>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (flag, api) = (stop.clone(), api.clone());
         let task = tokio::spawn(async move {
@@ -40,7 +40,7 @@ impl Reader {
         Self { stop, task }
     }
 
-    pub async fn stop(self) -> BTreeMap<String, Series> {
+    pub(crate) async fn stop(self) -> BTreeMap<String, Series> {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.unwrap_or_default()
     }
@@ -61,13 +61,13 @@ const ACTIVITY: &str = "\
     WHERE pid <> pg_backend_pid() AND backend_type = 'client backend' \
     GROUP BY 1";
 
-pub struct Sampler {
+pub(crate) struct Sampler {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<(usize, BTreeMap<String, f64>)>,
 }
 
 impl Sampler {
-    pub async fn start(cluster: &Cluster) -> anyhow::Result<Self> {
+    pub(crate) async fn start(cluster: &Cluster) -> anyhow::Result<Self> {
         let client = cluster.admin("postgres").await?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -89,7 +89,7 @@ impl Sampler {
     }
 
     /// Mean sessions per activity over the samples, as JSON, and the top `n` as one line.
-    pub async fn stop(self, n: usize) -> (Value, String) {
+    pub(crate) async fn stop(self, n: usize) -> (Value, String) {
         self.stop.store(true, Ordering::Relaxed);
         let (samples, mean) = self.task.await.unwrap_or_default();
         let mut top: Vec<(&String, &f64)> = mean.iter().filter(|(_, v)| **v >= 0.05).collect();

@@ -91,7 +91,7 @@ pub(super) enum ByteSize {
 }
 
 impl ByteSize {
-    pub fn bytes(self) -> u64 {
+    pub(super) fn bytes(self) -> u64 {
         match self {
             ByteSize::Bytes(n) | ByteSize::Text(n) => n,
         }

@@ -3,7 +3,7 @@
 use super::InvalidInput;
 
 /// Longest key accepted, in characters.
-pub const MAX_KEY_CHARS: usize = 200;
+pub(super) const MAX_KEY_CHARS: usize = 200;
 
 /// A validated environment key: 1–200 printable characters, no control characters, no
 /// surrounding whitespace. Quotes, semicolons, backslashes and non-ASCII are allowed: a key only

@@ -3,7 +3,7 @@
 use super::InvalidInput;
 
 /// PostgreSQL silently truncates identifiers past 63 bytes; we stay below.
-pub const MAX_IDENT_BYTES: usize = 63;
+pub(super) const MAX_IDENT_BYTES: usize = 63;
 
 /// An identifier that can only hold `[a-z_][a-z0-9_]*`, at most 63 bytes. It is still always
 /// quoted when it reaches SQL ([`PgIdent::quoted`]); the restriction makes names predictable and

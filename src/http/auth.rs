@@ -7,7 +7,7 @@ use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts, StatusCode};
 
 /// The authenticated caller of a request.
-pub struct Caller {
+pub(super) struct Caller {
     pub name: String,
     scopes: Vec<Scope>,
 }
@@ -15,7 +15,7 @@ pub struct Caller {
 impl Caller {
     /// `admin` holds every scope but `environments:reveal`, which a token holds only when its
     /// configuration gave it (see `Scope::with_reveal_default`).
-    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+    pub(super) fn require(&self, scope: Scope) -> Result<(), ApiError> {
         let by_admin = scope != Scope::Reveal && self.scopes.contains(&Scope::Admin);
         if self.scopes.contains(&scope) || by_admin {
             return Ok(());

@@ -29,7 +29,7 @@ fn describe(bp: &Blueprint, targets: Option<Vec<(String, BlueprintStatus)>>) -> 
     v
 }
 
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+pub(super) async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
     let items: Vec<Value> = state
         .envs
@@ -39,7 +39,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
     Ok(Json(json!({ "items": items })))
 }
 
-pub async fn get(
+pub(super) async fn get(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,
@@ -49,7 +49,7 @@ pub async fn get(
     described(&state, &name, targets)
 }
 
-pub async fn prepare(
+pub(super) async fn prepare(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,

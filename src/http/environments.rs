@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateBody {
+pub(super) struct CreateBody {
     key: String,
     blueprint: Option<String>,
     target: Option<String>,
@@ -32,7 +32,7 @@ pub struct CreateBody {
 /// One of the caller's migrations: a file name in the blueprint's format and its SQL.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MigrationBody {
+pub(super) struct MigrationBody {
     name: String,
     sql: String,
 }
@@ -103,7 +103,7 @@ impl CreateBody {
 }
 
 #[derive(Serialize)]
-pub struct ConnectionView {
+pub(super) struct ConnectionView {
     uri: String,
     host: String,
     port: u16,
@@ -115,7 +115,7 @@ pub struct ConnectionView {
 }
 
 #[derive(Serialize)]
-pub struct EnvView {
+pub(super) struct EnvView {
     id: uuid::Uuid,
     key: String,
     state: State,
@@ -192,7 +192,7 @@ impl From<EnvRecord> for EnvView {
     }
 }
 
-pub async fn create(
+pub(super) async fn create(
     AxState(state): AxState<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<CreateBody>,
@@ -208,7 +208,7 @@ pub async fn create(
 }
 
 #[derive(Deserialize)]
-pub struct ListQuery {
+pub(super) struct ListQuery {
     key: Option<String>,
     label: Option<String>,
     state: Option<String>,
@@ -218,14 +218,14 @@ pub struct ListQuery {
 }
 
 #[derive(Serialize)]
-pub struct ListView {
+pub(super) struct ListView {
     items: Vec<EnvView>,
     /// The cursor of the following page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     next: Option<String>,
 }
 
-pub async fn list(
+pub(super) async fn list(
     AxState(state): AxState<AppState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -267,12 +267,12 @@ pub async fn list(
 }
 
 #[derive(Deserialize)]
-pub struct GetQuery {
+pub(super) struct GetQuery {
     #[serde(default)]
     reveal: bool,
 }
 
-pub async fn get(
+pub(super) async fn get(
     AxState(state): AxState<AppState>,
     caller: Caller,
     ApiPath(reference): ApiPath<String>,
@@ -286,14 +286,14 @@ pub async fn get(
 }
 
 #[derive(Deserialize)]
-pub struct DeleteQuery {
+pub(super) struct DeleteQuery {
     /// Answer only once the data is dropped too (`purged: true`), not as soon as nobody can
     /// reach the environment any more.
     #[serde(default)]
     wait: bool,
 }
 
-pub async fn delete(
+pub(super) async fn delete(
     AxState(state): AxState<AppState>,
     caller: Caller,
     ApiPath(reference): ApiPath<String>,
@@ -305,11 +305,11 @@ pub async fn delete(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ExtendBody {
+pub(super) struct ExtendBody {
     ttl: String,
 }
 
-pub async fn extend(
+pub(super) async fn extend(
     AxState(state): AxState<AppState>,
     caller: Caller,
     ApiPath(reference): ApiPath<String>,
@@ -320,7 +320,7 @@ pub async fn extend(
     Ok(Json(state.envs.extend(&reference, ttl).await?.into()))
 }
 
-pub async fn rotate_credentials(
+pub(super) async fn rotate_credentials(
     AxState(state): AxState<AppState>,
     caller: Caller,
     ApiPath(reference): ApiPath<String>,
@@ -331,7 +331,7 @@ pub async fn rotate_credentials(
     ))
 }
 
-pub async fn reset(
+pub(super) async fn reset(
     AxState(state): AxState<AppState>,
     caller: Caller,
     ApiPath(reference): ApiPath<String>,
@@ -342,18 +342,18 @@ pub async fn reset(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MigrateBody {
+pub(super) struct MigrateBody {
     migrations: Vec<MigrationBody>,
 }
 
 #[derive(Serialize)]
-pub struct MigrateView {
+pub(super) struct MigrateView {
     applied: usize,
     #[serde(flatten)]
     environment: EnvView,
 }
 
-pub async fn migrate(
+pub(super) async fn migrate(
     AxState(state): AxState<AppState>,
     caller: Caller,
     ApiPath(reference): ApiPath<String>,

@@ -9,7 +9,7 @@ mod paging;
 mod storable;
 mod system;
 
-pub use error::ApiError;
+pub(crate) use error::ApiError;
 
 use crate::domain::ApiToken;
 use crate::service::Environments;
@@ -28,14 +28,14 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     pub envs: Arc<Environments>,
     pub tokens: Arc<Vec<ApiToken>>,
 }
 
 /// `axum::extract::Query` whose rejections are problem+json (code `invalid_query`); a value
 /// PostgreSQL cannot store is `invalid_input`.
-pub struct ApiQuery<T>(pub T);
+pub(crate) struct ApiQuery<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for ApiQuery<T>
 where
@@ -61,7 +61,7 @@ where
 
 /// `axum::extract::Path` whose rejections (e.g. bad percent-encoding) are problem+json (code
 /// `invalid_path`); a value PostgreSQL cannot store is `invalid_input`.
-pub struct ApiPath<T>(pub T);
+pub(crate) struct ApiPath<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for ApiPath<T>
 where
@@ -87,7 +87,7 @@ where
 
 /// `axum::Json` whose rejections are problem+json; a value PostgreSQL cannot store, anywhere in
 /// the body, is `invalid_input` naming its field.
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for ApiJson<T>
 where
@@ -112,7 +112,7 @@ where
     }
 }
 
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .route("/v1/environments", post(environments::create).get(environments::list))

@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 
 const DOCUMENT: &str = include_str!("openapi.json");
 
-pub async fn document() -> impl IntoResponse {
+pub(super) async fn document() -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,

@@ -7,11 +7,11 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-pub const DEFAULT_LIMIT: i64 = 100;
-pub const MAX_LIMIT: i64 = 1000;
+pub(super) const DEFAULT_LIMIT: i64 = 100;
+pub(super) const MAX_LIMIT: i64 = 1000;
 
 /// `?limit=`: 1–1000, default 100.
-pub fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
+pub(super) fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
     let Some(raw) = raw else {
         return Ok(DEFAULT_LIMIT);
     };
@@ -26,11 +26,11 @@ pub fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
 }
 
 /// The position after which the next page starts: the listing's sort key of its last item.
-pub fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
+pub(super) fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(format!("v1:{}:{id}", created_at.timestamp_micros()))
 }
 
-pub fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
+pub(super) fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     let bad = || {
         ApiError::invalid(
             "cursor: not a cursor this service handed out (take `next` of the previous page)",

@@ -8,7 +8,7 @@ use serde_json::Value;
 const WHY: &str = "contains a NUL byte (\\u0000), which PostgreSQL cannot store";
 
 /// Finds the first string (object key or value, at any depth) holding a NUL byte.
-pub fn check_json(value: &Value) -> Result<(), ApiError> {
+pub(super) fn check_json(value: &Value) -> Result<(), ApiError> {
     match first_nul(value, String::new()) {
         Some(at) => Err(ApiError::invalid(format!("{at}: {WHY}"))),
         None => Ok(()),
@@ -17,7 +17,7 @@ pub fn check_json(value: &Value) -> Result<(), ApiError> {
 
 /// Checks query string or path parameters; `kind` says which (`query parameter`, `path
 /// parameter`) so that the answer names where the value was.
-pub fn check_params<'a>(
+pub(super) fn check_params<'a>(
     kind: &str,
     params: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<(), ApiError> {

@@ -9,12 +9,12 @@ use axum::http::{header, StatusCode};
 use axum::Json;
 use serde_json::{json, Value};
 
-pub async fn healthz() -> Json<Value> {
+pub(super) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// Ready when the control store answers.
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+pub(super) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     match state.envs.ready().await {
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
         Err(e) => (
@@ -25,13 +25,13 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
 }
 
 /// Prometheus metrics, without a token like `/healthz`: nothing in them names an environment.
-pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+pub(super) async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     let snapshot = state.envs.snapshot().await;
     let body = crate::metrics::render(state.envs.metrics(), &snapshot);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body)
 }
 
-pub async fn targets(
+pub(super) async fn targets(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
@@ -40,7 +40,7 @@ pub async fn targets(
     Ok(Json(json!({ "items": items })))
 }
 
-pub async fn sweep(
+pub(super) async fn sweep(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<SweepReport>, ApiError> {

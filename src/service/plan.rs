@@ -36,7 +36,7 @@ pub struct Defaults {
 
 /// What the plan needs to know of a target.
 #[derive(Debug, Clone, Copy)]
-pub struct Terms {
+pub(super) struct Terms {
     pub capabilities: Capabilities,
     /// Longest a create on the target may take.
     pub provision_timeout: Duration,
@@ -44,7 +44,7 @@ pub struct Terms {
 
 /// A create request resolved against the configuration.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub(super) struct Plan {
     pub target: String,
     pub isolation: Isolation,
     pub blueprint: Option<Arc<Blueprint>>,
@@ -57,7 +57,7 @@ pub struct Plan {
 
 /// Resolves `spec`: `terms` looks a target up by name. Refuses what the target cannot do, and
 /// names the request's field at fault.
-pub fn resolve(
+pub(super) fn resolve(
     spec: &CreateSpec,
     defaults: &Defaults,
     blueprints: &BTreeMap<String, Arc<Blueprint>>,
@@ -114,7 +114,7 @@ pub fn resolve(
 }
 
 /// A configured blueprint by name.
-pub fn blueprint(
+pub(super) fn blueprint(
     blueprints: &BTreeMap<String, Arc<Blueprint>>,
     name: &str,
 ) -> Result<Arc<Blueprint>, InvalidInput> {
@@ -125,7 +125,7 @@ pub fn blueprint(
 }
 
 /// A time-to-live a caller asked for, refused above the configured maximum.
-pub fn within_max(ttl: Ttl, defaults: &Defaults) -> Result<Ttl, InvalidInput> {
+pub(super) fn within_max(ttl: Ttl, defaults: &Defaults) -> Result<Ttl, InvalidInput> {
     if ttl > defaults.max_ttl {
         return Err(InvalidInput::new(
             "ttl",
@@ -136,7 +136,7 @@ pub fn within_max(ttl: Ttl, defaults: &Defaults) -> Result<Ttl, InvalidInput> {
 }
 
 /// The caller's migrations must be named as the blueprint's format wants (plain SQL without one).
-pub fn check_migrations(
+pub(super) fn check_migrations(
     blueprint: Option<&Blueprint>,
     migrations: &[SourceFile],
 ) -> Result<(), InvalidInput> {

@@ -5,9 +5,9 @@ mod leases;
 mod pool;
 mod record;
 
-pub use crypto::Sealer;
-pub use pool::PoolEntry;
-pub use record::{EnvRecord, ListFilter, State, StoredConnection};
+pub(crate) use crypto::Sealer;
+pub(crate) use pool::PoolEntry;
+pub(crate) use record::{EnvRecord, ListFilter, State, StoredConnection};
 
 use crate::advisory_key;
 use crate::domain::Resources;
@@ -38,7 +38,7 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     }
 }
 
-pub type Result<T> = std::result::Result<T, StoreError>;
+pub(crate) type Result<T> = std::result::Result<T, StoreError>;
 
 #[derive(Clone)]
 pub struct Store {

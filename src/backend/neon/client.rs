@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 /// Tuning of one client; the defaults suit Neon, tests shrink the delays.
 #[derive(Debug, Clone)]
-pub struct ClientSettings {
+pub(super) struct ClientSettings {
     pub base_url: String,
     pub project_id: String,
     pub request_timeout: Duration,
@@ -21,7 +21,7 @@ pub struct ClientSettings {
 
 /// Why a Neon call did not succeed.
 #[derive(Debug)]
-pub enum NeonError {
+pub(super) enum NeonError {
     /// Neon answered with an error that retrying will not cure.
     Api {
         status: StatusCode,
@@ -45,14 +45,14 @@ pub enum NeonError {
 }
 
 impl NeonError {
-    pub fn status(&self) -> Option<StatusCode> {
+    pub(super) fn status(&self) -> Option<StatusCode> {
         match self {
             NeonError::Api { status, .. } => Some(*status),
             _ => None,
         }
     }
 
-    pub fn message(&self) -> &str {
+    pub(super) fn message(&self) -> &str {
         match self {
             NeonError::Api { message, .. } | NeonError::Unavailable { message, .. } => message,
             NeonError::Operation { status, .. } => status,
@@ -60,7 +60,7 @@ impl NeonError {
     }
 
     /// Neon's branch quota, whichever of the documented shapes it comes in.
-    pub fn is_branch_limit(&self) -> bool {
+    pub(super) fn is_branch_limit(&self) -> bool {
         match self {
             NeonError::Api {
                 status,
@@ -117,10 +117,10 @@ impl std::fmt::Display for NeonError {
 
 /// When one backend call must be done, retries and waits included.
 #[derive(Debug, Clone, Copy)]
-pub struct Deadline(Instant);
+pub(super) struct Deadline(Instant);
 
 impl Deadline {
-    pub fn after(d: Duration) -> Self {
+    pub(super) fn after(d: Duration) -> Self {
         Self(Instant::now() + d)
     }
     fn remaining(self) -> Duration {
@@ -130,13 +130,13 @@ impl Deadline {
 
 /// A successful answer.
 #[derive(Debug)]
-pub struct Reply {
+pub(super) struct Reply {
     pub body: Value,
 }
 
 impl Reply {
     /// Ids of the operations this answer started, which must finish before the change is real.
-    pub fn operations(&self) -> Vec<String> {
+    pub(super) fn operations(&self) -> Vec<String> {
         self.body["operations"]
             .as_array()
             .map(|ops| {
@@ -149,7 +149,7 @@ impl Reply {
     }
 }
 
-pub struct NeonClient {
+pub(super) struct NeonClient {
     http: reqwest::Client,
     key: Secret,
     s: ClientSettings,
@@ -180,7 +180,7 @@ fn op_state(status: &str) -> OpState {
 }
 
 impl NeonClient {
-    pub fn new(key: Secret, mut s: ClientSettings) -> anyhow::Result<Self> {
+    pub(super) fn new(key: Secret, mut s: ClientSettings) -> anyhow::Result<Self> {
         s.base_url = s.base_url.trim_end_matches('/').to_owned();
         let http = reqwest::Client::builder()
             .user_agent(concat!("previewdb/", env!("CARGO_PKG_VERSION")))
@@ -189,17 +189,17 @@ impl NeonClient {
         Ok(Self { http, key, s })
     }
 
-    pub fn project_id(&self) -> &str {
+    pub(super) fn project_id(&self) -> &str {
         &self.s.project_id
     }
 
     /// `/projects/{project}` followed by `rest`; ids and names in `rest` must be encoded by the caller.
-    pub fn project_path(&self, rest: &str) -> String {
+    pub(super) fn project_path(&self, rest: &str) -> String {
         format!("/projects/{}{rest}", seg(&self.s.project_id))
     }
 
     /// Sends one request, retrying what Neon documents as transient until `deadline`.
-    pub async fn call(
+    pub(super) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -309,7 +309,7 @@ impl NeonClient {
     }
 
     /// Polls each operation until it is over; the first bad ending is the error.
-    pub async fn wait_operations(
+    pub(super) async fn wait_operations(
         &self,
         ids: &[String],
         deadline: Deadline,
@@ -375,7 +375,7 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'~');
 
 /// Percent-encodes one path segment.
-pub fn seg(s: &str) -> String {
+pub(super) fn seg(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 

@@ -21,7 +21,7 @@ impl AdvisoryLock {
     /// Waits for the lock `key` of `namespace` on the server `admin` reaches (the caller bounds
     /// the wait with its deadline). Dropped while waiting, the session ends as soon as the
     /// server answers the wait, so a lock granted late is released at once.
-    pub async fn acquire(
+    pub(super) async fn acquire(
         admin: &PgConnector,
         namespace: &str,
         key: &str,
@@ -38,7 +38,7 @@ impl AdvisoryLock {
     }
 
     /// Takes the lock only if nobody holds it.
-    pub async fn try_acquire(
+    pub(super) async fn try_acquire(
         admin: &PgConnector,
         namespace: &str,
         key: &str,
@@ -56,7 +56,7 @@ impl AdvisoryLock {
     }
 
     /// Whether anyone holds the lock right now (taking it for an instant to find out).
-    pub async fn is_free(
+    pub(super) async fn is_free(
         admin: &PgConnector,
         namespace: &str,
         key: &str,

@@ -54,13 +54,13 @@ pub(super) struct TemplateMark {
 }
 
 impl TemplateMark {
-    pub fn comment(&self) -> String {
+    pub(super) fn comment(&self) -> String {
         let json = serde_json::to_string(self).expect("a template mark serialises");
         format!("{TEMPLATE_PREFIX}{json}")
     }
 
     /// Reads a database's comment; `None` when it is not a template's mark.
-    pub fn parse(comment: &str) -> Option<Self> {
+    pub(super) fn parse(comment: &str) -> Option<Self> {
         serde_json::from_str(comment.strip_prefix(TEMPLATE_PREFIX)?).ok()
     }
 }

@@ -122,7 +122,7 @@ pub(super) async fn ready_count(inner: &Inner, bp: &Blueprint, hash: &str) -> us
 }
 
 impl WarmPool {
-    pub fn refill_in_background(
+    pub(super) fn refill_in_background(
         self: &Arc<Self>,
         inner: Arc<Inner>,
         bp: Arc<Blueprint>,
@@ -145,7 +145,7 @@ impl WarmPool {
     /// Tops the pool of `bp` up to its size, retiring entries of older hashes. One filler per
     /// pool across replicas (an advisory lock): with `wait`, for the one at work to finish and
     /// then top up; without, leave the work to it.
-    pub async fn fill(
+    pub(super) async fn fill(
         &self,
         inner: &Inner,
         bp: &Blueprint,

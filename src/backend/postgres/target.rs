@@ -91,7 +91,7 @@ pub(super) struct Inner {
 }
 
 impl Inner {
-    pub fn new(cfg: PostgresTargetConfig, settings: ServiceSettings) -> anyhow::Result<Self> {
+    pub(super) fn new(cfg: PostgresTargetConfig, settings: ServiceSettings) -> anyhow::Result<Self> {
         let admin_server = PgConnector::parse(&cfg.admin_url)?;
         let admin = admin_server.pool(16)?;
         let guarded = guarded(admin_server.clone()).pool(TEARDOWNS_AT_ONCE)?;
@@ -113,7 +113,7 @@ impl Inner {
         })
     }
 
-    pub async fn admin(&self) -> Result<deadpool_postgres::Object, BackendError> {
+    pub(super) async fn admin(&self) -> Result<deadpool_postgres::Object, BackendError> {
         self.admin
             .get()
             .await
@@ -126,7 +126,7 @@ impl Inner {
             })
     }
 
-    pub async fn server(&self) -> Result<ServerInfo, BackendError> {
+    pub(super) async fn server(&self) -> Result<ServerInfo, BackendError> {
         self.server
             .get_or_try_init(|| async {
                 let row = self
@@ -149,19 +149,19 @@ impl Inner {
     }
 
     /// The admin's connection settings, pointed at another database of the target.
-    pub fn db_server(&self, database: &str) -> PgConnector {
+    pub(super) fn db_server(&self, database: &str) -> PgConnector {
         self.admin_server.with_dbname(database)
     }
 
     /// A dedicated admin connection to `database`, closed when dropped.
-    pub async fn connect_db(&self, database: &str) -> Result<tokio_postgres::Client, BackendError> {
+    pub(super) async fn connect_db(&self, database: &str) -> Result<tokio_postgres::Client, BackendError> {
         self.db_server(database).connect().await.map_err(db_err)
     }
 
     /// A dedicated admin connection for a database a tenant controls (`None`: the admin's
     /// own): the defaults its owner set cannot act on it, and a tenant's lock fails its
     /// statements instead of holding them (see `GUARDED_SETTINGS`).
-    pub async fn connect_guarded(
+    pub(super) async fn connect_guarded(
         &self,
         database: Option<&str>,
     ) -> Result<tokio_postgres::Client, BackendError> {
@@ -173,7 +173,7 @@ impl Inner {
     }
 
     /// A non-superuser admin must be a member of a role to create databases it owns.
-    pub async fn grant_membership(
+    pub(super) async fn grant_membership(
         &self,
         conn: &tokio_postgres::Client,
         role: &PgIdent,
@@ -187,7 +187,7 @@ impl Inner {
     }
 
     /// How a caller reaches environment `env` with `password`.
-    pub fn connection(&self, env: &EnvNames, password: Secret) -> Connection {
+    pub(super) fn connection(&self, env: &EnvNames, password: Secret) -> Connection {
         let (db, role) = (&env.db, &env.role);
         Connection {
             host: self.cfg.public_host.clone(),
@@ -206,7 +206,7 @@ impl Inner {
     }
 
     /// `LOGIN … VALID UNTIL … PASSWORD …` for an environment role; only the verifier is sent.
-    pub fn login_attributes(&self, expires_at: DateTime<Utc>) -> (Secret, String) {
+    pub(super) fn login_attributes(&self, expires_at: DateTime<Utc>) -> (Secret, String) {
         let (password, verifier) = new_password();
         let attrs = format!(
             "{} PASSWORD {}",
@@ -217,7 +217,7 @@ impl Inner {
     }
 
     /// `LOGIN … VALID UNTIL …` for a role whose password is already set.
-    pub fn login_grant(&self, expires_at: DateTime<Utc>) -> String {
+    pub(super) fn login_grant(&self, expires_at: DateTime<Utc>) -> String {
         format!(
             "LOGIN {} CONNECTION LIMIT {} VALID UNTIL {}",
             admin::UNPRIVILEGED,
@@ -227,7 +227,7 @@ impl Inner {
     }
 
     /// Moves the end of `role`'s password's validity along with its environment's.
-    pub async fn extend_login(
+    pub(super) async fn extend_login(
         &self,
         role: &PgIdent,
         expires_at: DateTime<Utc>,
@@ -246,7 +246,7 @@ impl Inner {
 
     /// Gives the role back the password previewdb handed out: a tenant may change its own
     /// (`ALTER ROLE … PASSWORD` is allowed to it), and previewdb logs in with the one on record.
-    pub async fn restore_password(
+    pub(super) async fn restore_password(
         &self,
         role: &PgIdent,
         password: &Secret,

@@ -59,7 +59,7 @@ pub(super) struct Templates {
 
 impl Templates {
     /// Forgets a template another process dropped, so the next `ensure` builds it again.
-    pub fn forget(&self, hash: &str) {
+    pub(super) fn forget(&self, hash: &str) {
         self.slots.lock().unwrap().remove(hash);
     }
 
@@ -74,7 +74,7 @@ impl Templates {
 
     /// The ready template of `bp` on this target, building it first if needed; waits for a
     /// build until `deadline`.
-    pub async fn ensure(
+    pub(super) async fn ensure(
         &self,
         inner: &Arc<Inner>,
         bp: &Arc<Blueprint>,
@@ -97,7 +97,7 @@ impl Templates {
         }
     }
 
-    pub async fn status(&self, inner: &Inner, bp: &Blueprint, hash: &str) -> BlueprintStatus {
+    pub(super) async fn status(&self, inner: &Inner, bp: &Blueprint, hash: &str) -> BlueprintStatus {
         let slot = self.slot(hash);
         let mut status = BlueprintStatus {
             hash: Some(hash.to_owned()),

@@ -105,7 +105,7 @@ pub(super) struct RunGuard<'a> {
 }
 
 impl RunGuard<'_> {
-    pub fn done(&mut self) {
+    pub(super) fn done(&mut self) {
         self.done = true;
     }
 }
