@@ -27,7 +27,7 @@ pub fn capture() -> Capture {
         let layer = tracing_subscriber::fmt::layer()
             .with_writer(|| ThreadLog)
             .with_ansi(false)
-            .with_filter(filter_fn(|_| current().is_some()));
+            .with_filter(filter_fn(|_| capturing()));
         tracing_subscriber::registry().with(layer).init();
     });
     let buffer = Buffer::default();
@@ -51,7 +51,12 @@ impl Drop for Capture {
     }
 }
 
-/// The calling thread's capture, if it has one (none once the thread is being torn down).
+/// Whether the calling thread has a capture (none once the thread is being torn down).
+fn capturing() -> bool {
+    CAPTURE.try_with(|c| c.borrow().is_some()).unwrap_or(false)
+}
+
+/// The calling thread's capture, if it has one.
 fn current() -> Option<Buffer> {
     CAPTURE.try_with(|c| c.borrow().clone()).ok().flatten()
 }
