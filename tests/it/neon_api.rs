@@ -1,14 +1,9 @@
 //! A `neon` target driven through the REST API, against the local fake of Neon's API.
 
-mod support;
-
-#[path = "support/fake_neon.rs"]
-mod fake_neon;
-
-use fake_neon::{FakeNeon, FakeNeonOptions, SEED_ROLE};
+use crate::support::fake_neon::{FakeNeon, FakeNeonOptions, SEED_ROLE};
+use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::json;
-use support::*;
 
 async fn app_with_neon(fake: &FakeNeon, var: &str) -> TestApp {
     std::env::set_var(var, fake.api_key());

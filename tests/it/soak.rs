@@ -3,15 +3,23 @@
 //! record is stuck and nothing on the target carries previewdb's prefix unless a record or a
 //! pool accounts for it.
 
-mod support;
-
+use crate::support::serve::{Replica, ServeOptions};
+use crate::support::*;
 use previewdb::backend::postgres::names::{self, Kind};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::serve::{Replica, ServeOptions};
-use support::*;
+use tokio::sync::OnceCell;
+
+/// Its own cluster: replicas are killed at random points, and afterwards every record of the
+/// control store and everything with the prefix on the target must be accounted for.
+static CLUSTER: OnceCell<Arc<Cluster>> = OnceCell::const_new();
+
+async fn cluster() -> Arc<Cluster> {
+    cluster_in(&CLUSTER).await
+}
 
 const KILLS: usize = 110;
 

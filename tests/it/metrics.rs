@@ -1,15 +1,22 @@
 //! `GET /metrics` black-box: after a known series of calls the exposition, parsed, counts exactly
 //! what happened, agrees with the control store, and names no environment.
 //!
-//! One test: the environments gauge reads the whole control store of this binary's cluster, and
-//! every app's background sweep could take another test's expired environment.
+//! One test, on a cluster of its own: the environments gauge reads the whole control store, and
+//! every other app's background sweep could take this test's expired environment.
 
-mod support;
-
+use crate::support::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::collections::BTreeMap;
-use support::*;
+use std::sync::Arc;
+use tokio::sync::OnceCell;
+
+/// This module's own cluster (see above).
+static CLUSTER: OnceCell<Arc<Cluster>> = OnceCell::const_new();
+
+async fn cluster() -> Arc<Cluster> {
+    cluster_in(&CLUSTER).await
+}
 
 fn expected(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()

@@ -1,49 +1,18 @@
 //! The SQL file executor against a real PostgreSQL: pg_dump round trips, located errors,
 //! tolerated ownership statements, meta-commands, non-transactional statements and CSV COPY.
 
+use crate::support::cluster;
 use previewdb::embedded::{EmbeddedPostgres, ADMIN_USER};
 use previewdb::sqlexec::{self, Item, Mode, Policy, RunReport, Script, ScriptError};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use tokio_postgres::{Client, NoTls};
 
-struct Server {
-    pg: EmbeddedPostgres,
-    dir: tempfile::TempDir,
-}
-
-/// One server per test binary; each `#[tokio::test]` has its own runtime, so only the server
-/// is shared, never a client.
-static SERVER: OnceLock<Server> = OnceLock::new();
-
-fn server() -> &'static EmbeddedPostgres {
-    &SERVER
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().expect("temp dir");
-            // The server may run as another user when we are root: it must reach its directory.
-            std::fs::set_permissions(dir.path(), PermissionsExt::from_mode(0o755))
-                .expect("chmod temp dir");
-            let pg = EmbeddedPostgres::start(dir.path()).expect("start PostgreSQL");
-            // Statics are never dropped: stop the server and remove its files at exit instead.
-            // SAFETY: registers a plain `extern "C" fn` with no arguments.
-            unsafe { libc::atexit(stop_server) };
-            Server { pg, dir }
-        })
-        .pg
-}
-
-extern "C" fn stop_server() {
-    if let Some(server) = SERVER.get() {
-        server.pg.stop();
-        let _ = std::fs::remove_dir_all(server.dir.path());
-    }
-}
-
+/// A session on the shared cluster, whose `t_…` scratch databases are these tests' own (previewdb
+/// names its own `pdb_…`). Each `#[tokio::test]` has its own runtime, so only the server is
+/// shared, never a client.
 async fn connect(database: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(&server().admin_url(database), NoTls)
-        .await
-        .expect("connect");
+    let url = cluster().await.postgres.admin_url(database);
+    let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -91,8 +60,9 @@ async fn run(
     .await
 }
 
-fn pg_dump(database: &str, options: &[&str]) -> String {
-    let pg = server();
+async fn pg_dump(database: &str, options: &[&str]) -> String {
+    let cluster = cluster().await;
+    let pg = &cluster.postgres;
     let bin = EmbeddedPostgres::find_bin_dir()
         .expect("PostgreSQL bin dir")
         .join("pg_dump");
@@ -157,7 +127,7 @@ async fn source_db(name: &str) -> String {
         .batch_execute(&fixture("source.sql"))
         .await
         .expect("load source fixture");
-    pg_dump(name, &[])
+    pg_dump(name, &[]).await
 }
 
 #[tokio::test]
@@ -194,8 +164,8 @@ async fn pg_dump_output_round_trips() {
     assert_eq!(report.statements, statements + copies);
     for options in [&["--schema-only"][..], &["--data-only"][..]] {
         assert_eq!(
-            without_restrict(&pg_dump("t_dump_source", options)),
-            without_restrict(&pg_dump("t_dump_target", options)),
+            without_restrict(&pg_dump("t_dump_source", options).await),
+            without_restrict(&pg_dump("t_dump_target", options).await),
             "pg_dump {options:?} differs"
         );
     }

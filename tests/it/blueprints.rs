@@ -1,13 +1,11 @@
 //! Blueprints end to end: real `pg_dump` output, migrations in three formats, seeds, templates
 //! built once, the warm pool, and the caller's own migrations — checked in PostgreSQL itself.
 
-mod support;
-
+use crate::support::*;
 use previewdb::embedded::EmbeddedPostgres;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use support::*;
 
 fn repo_seeds() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds")

@@ -2,13 +2,11 @@
 //! names, paging of the listing, the reveal scope, and `previewdb dev` as root from a folder
 //! others cannot enter. Black-box over HTTP, checked in PostgreSQL itself.
 
-mod support;
-
+use crate::support::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::Path;
-use support::*;
 
 /// Rows of the control store for a key (NUL-free keys only, of course).
 async fn rows_of_key(app: &TestApp, key: &str) -> i64 {

@@ -1,7 +1,6 @@
 //! A fake Neon API v2 on 127.0.0.1, faithful to the contract in reference/neon-api.md: bearer
 //! check, asynchronous operations that lock the project while they run, inherited roles and
 //! passwords, name conflicts, a branch limit, and injectable 429/503 answers and failed operations.
-#![allow(dead_code)]
 
 use axum::body::Bytes;
 use axum::extract::State;

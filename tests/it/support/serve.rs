@@ -21,7 +21,6 @@ pub struct ServeOptions {
 pub struct Replica {
     pub base: String,
     pub http: reqwest::Client,
-    pub cluster: Arc<Cluster>,
     child: Option<Child>,
     config: std::path::PathBuf,
     log: std::path::PathBuf,
@@ -60,7 +59,6 @@ impl Replica {
                 .pool_max_idle_per_host(64)
                 .build()
                 .unwrap(),
-            cluster,
             child: None,
             log: dir.path().join("serve.log"),
             config,

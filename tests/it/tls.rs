@@ -2,16 +2,22 @@
 //! from a CA made here and refuses every TCP connection without TLS, so whatever previewdb
 //! manages to do on it — admin work, template builds, sqlx migrations — went through TLS.
 
-mod support;
-
+use crate::support::*;
 use previewdb::pgconn::{describe, PgConnector};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use serde_json::json;
 use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
-use support::*;
 use tokio::sync::OnceCell;
+
+/// Its own cluster: these tests turn TLS on and refuse every TCP connection without it.
+static CLUSTER: OnceCell<Arc<Cluster>> = OnceCell::const_new();
+
+async fn cluster() -> Arc<Cluster> {
+    cluster_in(&CLUSTER).await
+}
 
 const TLS_ADMIN: &str = "tls_admin";
 const TLS_ADMIN_PASSWORD: &str = "tls-admin-pw";
@@ -38,7 +44,7 @@ fn new_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
 }
 
-/// Turns TLS on in the binary's cluster (a certificate for `localhost` and `db.example`, not
+/// Turns TLS on in this module's cluster (a certificate for `localhost` and `db.example`, not
 /// for `127.0.0.1`), rejects TCP without TLS, and adds a superuser that logs in over TCP.
 async fn pki() -> &'static Pki {
     static PKI: OnceCell<Pki> = OnceCell::const_new();

@@ -1,7 +1,9 @@
-//! Test harness: one real PostgreSQL per test binary (from the installed server binaries), and
-//! the application spawned per test on a random port, driven over HTTP like any caller.
-#![allow(dead_code)]
+//! Test harness: real PostgreSQL clusters (from the installed server binaries) — one shared by
+//! most modules, and one of its own for each module whose tests change or count a whole cluster —
+//! and the application spawned per test on a random port, driven over HTTP like any caller.
 
+pub mod fake_neon;
+pub mod logs;
 pub mod serve;
 
 use previewdb::configuration::Config;
@@ -13,7 +15,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Once};
 use tokio::sync::OnceCell;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -26,7 +28,11 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-static CLUSTER: OnceCell<Arc<Cluster>> = OnceCell::const_new();
+/// The cluster of every module that does not declare its own.
+static SHARED: OnceCell<Arc<Cluster>> = OnceCell::const_new();
+
+/// Every cluster started, to stop at exit: statics are never dropped.
+static STARTED: Mutex<Vec<Arc<Cluster>>> = Mutex::new(Vec::new());
 
 /// A world-traversable temporary directory: when tests run as root the server runs as an
 /// unprivileged user that must reach its data directory.
@@ -39,50 +45,65 @@ pub fn temp_dir() -> tempfile::TempDir {
     dir
 }
 
+/// The shared cluster. Its control store and targets see every sharing module's environments,
+/// so tests on it name what they look for (their keys, prefixes or labels).
 pub async fn cluster() -> Arc<Cluster> {
-    CLUSTER
-        .get_or_init(|| async {
-            std::env::set_var(dev::DEV_TOKEN_ENV, ADMIN_TOKEN);
-            let dir = temp_dir();
-            let setup = dev::setup(&DevOptions {
-                listen: Some("127.0.0.1:0".into()),
-                data_dir: dir.path().join("data"),
-                config: None,
-            })
-            .await
-            .expect("embedded PostgreSQL for tests");
-            let mut config = setup.config;
-            for (name, token, scopes) in [
-                ("reader", READ_TOKEN, vec![Scope::Read]),
-                ("writer", WRITE_TOKEN, vec![Scope::Read, Scope::Write]),
-            ] {
-                config.tokens.push(ApiToken {
-                    name: name.into(),
-                    sha256: token_digest(token),
-                    scopes,
-                });
-            }
-            // Tests that want blueprints configure their own.
-            config.blueprints.clear();
-            config.default_blueprint = None;
-            // A second name for the same cluster, to ask for "other settings".
-            let local = config.targets["local"].clone();
-            config.targets.insert("other".into(), local);
-            // Statics are never dropped: stop the server and remove its files at exit.
-            // SAFETY: registering a plain extern "C" function.
-            unsafe { libc::atexit(remove_cluster) };
-            Arc::new(Cluster {
-                postgres: setup.postgres,
-                config,
-                _dir: dir,
-            })
-        })
-        .await
-        .clone()
+    cluster_in(&SHARED).await
 }
 
-extern "C" fn remove_cluster() {
-    if let Some(cluster) = CLUSTER.get() {
+/// The cluster kept in `cell`, started on first use: a module whose tests change the cluster's
+/// settings, kill servers or count everything in it keeps one of its own in a static of its own.
+pub async fn cluster_in(cell: &'static OnceCell<Arc<Cluster>>) -> Arc<Cluster> {
+    cell.get_or_init(Cluster::start).await.clone()
+}
+
+impl Cluster {
+    async fn start() -> Arc<Cluster> {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            std::env::set_var(dev::DEV_TOKEN_ENV, ADMIN_TOKEN);
+            // SAFETY: registering a plain extern "C" function.
+            unsafe { libc::atexit(remove_clusters) };
+        });
+        let dir = temp_dir();
+        let setup = dev::setup(&DevOptions {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: dir.path().join("data"),
+            config: None,
+        })
+        .await
+        .expect("embedded PostgreSQL for tests");
+        let mut config = setup.config;
+        for (name, token, scopes) in [
+            ("reader", READ_TOKEN, vec![Scope::Read]),
+            ("writer", WRITE_TOKEN, vec![Scope::Read, Scope::Write]),
+        ] {
+            config.tokens.push(ApiToken {
+                name: name.into(),
+                sha256: token_digest(token),
+                scopes,
+            });
+        }
+        // Tests that want blueprints configure their own.
+        config.blueprints.clear();
+        config.default_blueprint = None;
+        // A second name for the same cluster, to ask for "other settings".
+        let local = config.targets["local"].clone();
+        config.targets.insert("other".into(), local);
+        let cluster = Arc::new(Cluster {
+            postgres: setup.postgres,
+            config,
+            _dir: dir,
+        });
+        STARTED.lock().unwrap().push(cluster.clone());
+        cluster
+    }
+}
+
+/// Stops every cluster and removes its files.
+extern "C" fn remove_clusters() {
+    let started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+    for cluster in started.iter() {
         cluster.postgres.stop();
         let _ = std::fs::remove_dir_all(cluster._dir.path());
     }
@@ -96,9 +117,15 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// An app on the shared cluster, configured as the cluster is.
     pub async fn spawn() -> TestApp {
-        let cluster = cluster().await;
-        Self::spawn_with(cluster.clone(), cluster.config.clone()).await
+        Self::spawn_on(cluster().await).await
+    }
+
+    /// An app on `cluster`, configured as that cluster is.
+    pub async fn spawn_on(cluster: Arc<Cluster>) -> TestApp {
+        let config = cluster.config.clone();
+        Self::spawn_with(cluster, config).await
     }
 
     pub async fn spawn_with(cluster: Arc<Cluster>, config: Config) -> TestApp {

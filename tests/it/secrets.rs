@@ -1,35 +1,12 @@
 //! Secrets stay secret: handed-out passwords and API tokens never reach the logs (at any level,
 //! the PostgreSQL driver's included) and are never stored in clear.
 
-mod support;
-
+use crate::support::*;
 use serde_json::json;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-use support::*;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn passwords_and_tokens_never_reach_logs_or_the_store_in_clear() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let logs = logs::capture();
 
     let app = TestApp::spawn().await;
     let env = app.create(json!({ "key": "secrets/1" })).await;
@@ -44,7 +21,7 @@ async fn passwords_and_tokens_never_reach_logs_or_the_store_in_clear() {
     app.get(&format!("{}?reveal=true", env_path("secrets/1")))
         .await;
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(
         text.contains("request"),
         "the capture works: {} bytes",

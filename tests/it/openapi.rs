@@ -3,12 +3,8 @@
 //! content types and required headers — match the documented responses. Schemas are closed
 //! (`additionalProperties: false`), so a field added to an answer fails here until documented.
 
-mod support;
-
-#[path = "support/fake_neon.rs"]
-mod fake_neon;
-
-use fake_neon::{FakeNeon, FakeNeonOptions};
+use crate::support::fake_neon::{FakeNeon, FakeNeonOptions};
+use crate::support::*;
 use jsonschema::{Draft, Registry, Validator};
 use previewdb::configuration::{PostgresTargetConfig, TargetConfig};
 use reqwest::header::HeaderMap;
@@ -17,7 +13,6 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Mutex;
-use support::*;
 
 /// Every route of the router, with its methods: what the document must describe, no more.
 const ROUTES: &[(&str, &[&str])] = &[
@@ -53,7 +48,7 @@ fn routes() -> BTreeMap<String, BTreeSet<String>> {
 
 /// The routes as written in the router's source: `.route("/path", get(…).post(…))`.
 fn routes_in_router_source() -> BTreeMap<String, BTreeSet<String>> {
-    let src = include_str!("../src/http/mod.rs");
+    let src = include_str!("../../src/http/mod.rs");
     let mut out = BTreeMap::new();
     for chunk in src.split(".route(").skip(1) {
         let rest = chunk
@@ -448,7 +443,7 @@ async fn the_document_is_openapi_3_1_served_without_a_token() {
     // The structure, against the OpenAPI Initiative's schema of 3.1 documents
     // (https://spec.openapis.org/oas/3.1/schema/2022-10-07).
     let oas: Value =
-        serde_json::from_str(include_str!("fixtures/openapi-3.1-schema.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/openapi-3.1-schema.json")).unwrap();
     let oas = jsonschema::options()
         .with_draft(Draft::Draft202012)
         .build(&oas)
@@ -979,7 +974,7 @@ async fn real_answers_match_the_documented_schemas() {
     assert_eq!(kinds, BTreeSet::from(["neon", "postgres"]));
 
     // Sweep: an environment that expired is in the report (unless another app's background
-    // sweeper in this test binary took it first: then try again).
+    // sweeper on the shared cluster took it first: then try again).
     let mut swept = false;
     for attempt in 0..3 {
         let key = format!("openapi/expiring-{attempt}");

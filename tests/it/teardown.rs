@@ -3,14 +3,23 @@
 //! connection, and `DELETE` still answers 200 within seconds and leaves nothing behind, while the
 //! neighbour keeps working. Every wait is bounded, so a regression fails instead of hanging.
 
-mod support;
-
+use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
-use support::*;
+use tokio::sync::OnceCell;
 use tokio_postgres::Client;
+
+/// Its own cluster: hostile tenants leave what nobody can clean up (an environment stuck in
+/// `deleting` behind a prepared transaction in a closed database), which every other app on the
+/// store would retry at each reconciliation.
+static CLUSTER: OnceCell<Arc<Cluster>> = OnceCell::const_new();
+
+async fn cluster() -> Arc<Cluster> {
+    cluster_in(&CLUSTER).await
+}
 
 /// Well beyond a teardown's own lock timeout, well below "hangs".
 const DELETE_WITHIN: Duration = Duration::from_secs(30);
@@ -85,7 +94,7 @@ struct Pair {
 
 impl Pair {
     async fn new(name: &str, iso: Iso) -> Pair {
-        let app = TestApp::spawn().await;
+        let app = TestApp::spawn_on(cluster().await).await;
         let tag = if iso == Iso::Schema { "s" } else { "d" };
         let victim = make(&app, &format!("teardown/{name}/{tag}/victim"), iso).await;
         let neighbour = make(&app, &format!("teardown/{name}/{tag}/neighbour"), iso).await;

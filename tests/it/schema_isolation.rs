@@ -1,12 +1,10 @@
 //! `schema` isolation on a postgres target: a schema and a role of its own in a database shared
 //! per blueprint, checked in PostgreSQL itself.
 
-mod support;
-
+use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::path::Path;
-use support::*;
 
 fn schema_of(env: &Value) -> String {
     env["connection"]["schema"]

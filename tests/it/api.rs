@@ -1,10 +1,8 @@
 //! Black-box tests of the REST API against a real PostgreSQL, checked in PostgreSQL itself.
 
-mod support;
-
+use crate::support::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::*;
 
 #[tokio::test]
 async fn handed_out_database_works_with_least_privilege() {
@@ -573,9 +571,21 @@ async fn extend_rotate_and_reset() {
         .contains(rotated["connection"]["password"].as_str().unwrap()));
 }
 
+/// An app whose default target is the cluster's `local` under a name only it knows: every app
+/// on the shared cluster sweeps as it starts, and one that knew the target could take this
+/// test's expired environment before the sweep whose answer must list it.
+async fn app_with_a_target_of_its_own() -> TestApp {
+    let cluster = cluster().await;
+    let mut config = cluster.config.clone();
+    let local = config.targets["local"].clone();
+    config.targets.insert("api-sweep".into(), local);
+    config.default_target = "api-sweep".into();
+    TestApp::spawn_with(cluster, config).await
+}
+
 #[tokio::test]
 async fn sweep_deletes_what_expired_and_lists_filter() {
-    let app = TestApp::spawn().await;
+    let app = app_with_a_target_of_its_own().await;
     let short = app
         .create(json!({ "key": "sweep/short", "ttl": "1s", "labels": { "pr": "77" } }))
         .await;

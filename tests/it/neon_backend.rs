@@ -1,18 +1,15 @@
 //! The Neon backend driven through the `Backend` trait against a fake Neon that follows the
 //! API contract: branches, own roles, operations, retries, adoption, limits, secrecy.
 
-#[path = "support/fake_neon.rs"]
-mod fake_neon;
-
+use crate::support::fake_neon::{FakeNeon, FakeNeonOptions, SEED_ROLE};
+use crate::support::logs;
 use chrono::{DateTime, Duration as Days, Utc};
-use fake_neon::{FakeNeon, FakeNeonOptions, SEED_ROLE};
 use previewdb::backend::neon::NeonBackend;
 use previewdb::backend::{Backend, BackendError, ProvisionRequest};
 use previewdb::configuration::NeonTargetConfig;
 use previewdb::domain::{Connection, Resources};
 use previewdb::domain::{EnvKey, Isolation};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A string field of a Neon environment's resources, by its stored name.
@@ -30,39 +27,8 @@ fn resource<'a>(resources: &'a Resources, name: &str) -> Option<&'a str> {
 
 static NEXT_VAR: AtomicUsize = AtomicUsize::new(0);
 
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Everything this test binary logs, at every level. The subscriber is global and installed
-/// before any backend exists: a thread-scoped one (`set_default`) races with the other tests'
-/// threads over tracing's per-callsite interest cache and may miss events.
-fn captured_logs() -> &'static Buffer {
-    static LOGS: OnceLock<Buffer> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Buffer::default();
-        let writer = buf.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .init();
-        buf
-    })
-}
-
 /// A backend on `fake`, its key in a variable of its own so tests can run in parallel.
 fn backend_with(fake: &FakeNeon, key: &str, extra: &str) -> NeonBackend {
-    captured_logs();
     let var = format!(
         "PREVIEWDB_TEST_NEON_KEY_{}",
         NEXT_VAR.fetch_add(1, Ordering::SeqCst)
@@ -520,9 +486,9 @@ async fn other_client_errors_fail_at_once_with_neons_message_and_request_id() {
     );
 }
 
-/// Log lines written during a test, whatever thread-local subscriber is current.
 #[tokio::test]
 async fn the_api_key_never_reaches_logs_or_errors() {
+    let logs = logs::capture();
     let (fake, b) = start(FakeNeonOptions::default()).await;
     let key = fake.api_key();
     let mut texts = vec![format!("{b:?}")];
@@ -569,7 +535,7 @@ async fn the_api_key_never_reaches_logs_or_errors() {
     assert!(matches!(down, BackendError::Unavailable { .. }), "{down:?}");
     texts.push(format!("{down} {down:?}"));
 
-    let logs = String::from_utf8(captured_logs().0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(
         logs.contains("Neon answered"),
         "the subscriber saw nothing: {} bytes",

@@ -3,13 +3,22 @@
 //! timeouts; deadlines cancel and roll back; a DELETE stops a running create, also from another
 //! replica and after a replica was killed; extend wins over the sweeper; size quotas lock.
 
-mod support;
-
+use crate::support::serve::{Replica, ServeOptions};
+use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::serve::{Replica, ServeOptions};
-use support::*;
+use tokio::sync::OnceCell;
+
+/// Its own cluster: replicas are killed mid-work, bursts hold hundreds of environments on
+/// `local` (past the shared cluster's quota), and what is left behind is counted by prefix while
+/// the replicas of these tests sweep and reconcile the store.
+static CLUSTER: OnceCell<Arc<Cluster>> = OnceCell::const_new();
+
+async fn cluster() -> Arc<Cluster> {
+    cluster_in(&CLUSTER).await
+}
 
 async fn admin(cluster: &Cluster, db: &str) -> tokio_postgres::Client {
     connect(&cluster.postgres.admin_url(db)).await.unwrap()
@@ -789,7 +798,7 @@ async fn concurrent_sweeps_answer_what_each_did() {
         da.len(),
         db.len()
     );
-    // Replicas of other tests in this binary sweep the same store in the background: what
+    // Replicas of other tests of this module sweep the same store in the background: what
     // they took is listed by neither answer, but nothing may be listed by both.
     let all: std::collections::HashSet<&String> = da.iter().chain(db.iter()).collect();
     assert_eq!(

@@ -1,12 +1,10 @@
 //! A target that goes away: callers get 503 with Retry-After, and no state is lost or half-made.
 
-mod support;
-
+use crate::support::*;
 use previewdb::configuration::{PostgresTargetConfig, TargetConfig};
 use previewdb::embedded::EmbeddedPostgres;
 use reqwest::StatusCode;
 use serde_json::json;
-use support::*;
 
 #[tokio::test]
 async fn target_down_answers_503_and_keeps_state() {

@@ -1,0 +1,20 @@
+//! The integration tests, one binary with a module per area: black-box tests over HTTP against
+//! real PostgreSQL (and a fake Neon), linked once and run side by side. Most modules share one
+//! cluster (see `support`); those that change or count a whole cluster keep their own.
+
+mod api;
+mod blueprints;
+mod edges;
+mod metrics;
+mod neon_api;
+mod neon_backend;
+mod openapi;
+mod resilience;
+mod schema_isolation;
+mod secrets;
+mod soak;
+mod sqlexec;
+mod support;
+mod target_down;
+mod teardown;
+mod tls;
