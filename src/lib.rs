@@ -14,11 +14,3 @@ pub mod service;
 pub mod sqlexec;
 pub mod startup;
 mod store;
-
-/// The PostgreSQL advisory-lock id of `name` in `namespace`, so that locks of different kinds
-/// (an environment key, a template, a pool) can never share an id.
-pub fn advisory_key(namespace: &str, name: &str) -> i64 {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(format!("previewdb:{namespace}:{name}").as_bytes());
-    i64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
-}

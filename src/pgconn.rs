@@ -433,6 +433,14 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
+/// The PostgreSQL advisory-lock id of `name` in `namespace`, so that locks of different kinds
+/// (an environment key, a template, a pool) can never share an id.
+pub fn advisory_key(namespace: &str, name: &str) -> i64 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(format!("previewdb:{namespace}:{name}").as_bytes());
+    i64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -142,7 +142,11 @@ pub(crate) async fn fill(
     .await
 }
 
-pub(crate) async fn delete_all(api: &Api, ids: Vec<String>, concurrency: usize) -> (Series, Duration) {
+pub(crate) async fn delete_all(
+    api: &Api,
+    ids: Vec<String>,
+    concurrency: usize,
+) -> (Series, Duration) {
     let n = ids.len();
     let ids = Arc::new(ids);
     let (_, s, wall) = fan_out(api, n, concurrency, "delete", 200, move |api, i| {

@@ -29,7 +29,10 @@ fn describe(bp: &Blueprint, targets: Option<Vec<(String, BlueprintStatus)>>) -> 
     v
 }
 
-pub(super) async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
     let items: Vec<Value> = state
         .envs

@@ -1,5 +1,5 @@
 //! `GET /openapi.json`: the hand-written OpenAPI 3.1 description of this API, served as is.
-//! `tests/openapi.rs` holds it to what the server really answers.
+//! `tests/it/openapi.rs` holds it to what the server really answers.
 
 use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;

@@ -9,8 +9,8 @@ pub(crate) use crypto::Sealer;
 pub(crate) use pool::PoolEntry;
 pub(crate) use record::{EnvRecord, ListFilter, State, StoredConnection};
 
-use crate::advisory_key;
 use crate::domain::Resources;
+use crate::pgconn::advisory_key;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use uuid::Uuid;
@@ -77,23 +77,20 @@ impl Store {
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {
-        let mut conn = self.pool.get().await?;
+        // The lock lives as long as this session, which is taken out of the pool for good:
+        // however the migration ends (an error, a dropped future), the session closes when
+        // `conn` is dropped, and with it the lock.
+        let mut conn = deadpool_postgres::Object::take(self.pool.get().await?);
         conn.execute(
             "SELECT pg_advisory_lock($1)",
             &[&advisory_key("store", "migrations")],
         )
         .await?;
         let client: &mut tokio_postgres::Client = &mut conn;
-        let outcome = migrations::runner()
+        migrations::runner()
             .set_migration_table_name("previewdb_schema_history")
             .run_async(client)
-            .await;
-        conn.execute(
-            "SELECT pg_advisory_unlock($1)",
-            &[&advisory_key("store", "migrations")],
-        )
-        .await?;
-        outcome?;
+            .await?;
         Ok(())
     }
 

@@ -854,7 +854,7 @@ async fn a_build_cut_off_by_its_deadline_leaves_no_advisory_lock() {
     let app = TestApp::spawn_with(cluster, config).await;
     let (_, status) = app.get("/v1/blueprints/sleepy").await;
     let hash = status["targets"]["local"]["hash"].as_str().unwrap();
-    let key = previewdb::advisory_key("template", &format!("pdb_bld_sleepy_{hash}"));
+    let key = previewdb::pgconn::advisory_key("template", &format!("pdb_bld_sleepy_{hash}"));
     let admin = app.admin("postgres").await;
     let held = || async {
         admin

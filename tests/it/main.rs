@@ -2,6 +2,10 @@
 //! real PostgreSQL (and a fake Neon), linked once and run side by side. Most modules share one
 //! cluster (see `support`); those that change or count a whole cluster keep their own.
 
+// A test binary has no public API to keep small, and its harness signals the processes it
+// starts (kill, atexit, geteuid through libc).
+#![allow(unreachable_pub, unsafe_code)]
+
 mod api;
 mod blueprints;
 mod edges;

@@ -30,7 +30,7 @@ impl AdvisoryLock {
         session
             .execute(
                 "SELECT pg_advisory_lock($1)",
-                &[&crate::advisory_key(namespace, key)],
+                &[&crate::pgconn::advisory_key(namespace, key)],
             )
             .await
             .map_err(db_err)?;
@@ -47,7 +47,7 @@ impl AdvisoryLock {
         let got: bool = session
             .query_one(
                 "SELECT pg_try_advisory_lock($1)",
-                &[&crate::advisory_key(namespace, key)],
+                &[&crate::pgconn::advisory_key(namespace, key)],
             )
             .await
             .map_err(db_err)?

@@ -91,7 +91,10 @@ pub(super) struct Inner {
 }
 
 impl Inner {
-    pub(super) fn new(cfg: PostgresTargetConfig, settings: ServiceSettings) -> anyhow::Result<Self> {
+    pub(super) fn new(
+        cfg: PostgresTargetConfig,
+        settings: ServiceSettings,
+    ) -> anyhow::Result<Self> {
         let admin_server = PgConnector::parse(&cfg.admin_url)?;
         let admin = admin_server.pool(16)?;
         let guarded = guarded(admin_server.clone()).pool(TEARDOWNS_AT_ONCE)?;
@@ -154,7 +157,10 @@ impl Inner {
     }
 
     /// A dedicated admin connection to `database`, closed when dropped.
-    pub(super) async fn connect_db(&self, database: &str) -> Result<tokio_postgres::Client, BackendError> {
+    pub(super) async fn connect_db(
+        &self,
+        database: &str,
+    ) -> Result<tokio_postgres::Client, BackendError> {
         self.db_server(database).connect().await.map_err(db_err)
     }
 

@@ -97,7 +97,12 @@ impl Templates {
         }
     }
 
-    pub(super) async fn status(&self, inner: &Inner, bp: &Blueprint, hash: &str) -> BlueprintStatus {
+    pub(super) async fn status(
+        &self,
+        inner: &Inner,
+        bp: &Blueprint,
+        hash: &str,
+    ) -> BlueprintStatus {
         let slot = self.slot(hash);
         let mut status = BlueprintStatus {
             hash: Some(hash.to_owned()),
