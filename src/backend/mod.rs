@@ -10,8 +10,8 @@ pub mod postgres;
 pub mod registry;
 
 use crate::blueprint::Blueprint;
+use crate::bounds::{Deadline, QueueFull, WorkQueue};
 use crate::domain::{Connection, EnvKey, InvalidInput, Isolation, Resources, Secret, SourceFile};
-use crate::service::{Deadline, QueueFull, WorkQueue};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,9 +4,9 @@
 use super::neon::NeonBackend;
 use super::postgres::{PostgresBackend, ServiceSettings};
 use super::{Backend, Capabilities};
+use crate::bounds::WorkQueue;
 use crate::configuration::{Config, TargetConfig};
 use crate::domain::Secret;
-use crate::service::WorkQueue;
 use crate::store::{Sealer, Store};
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! cancellation: a DELETE on any replica marks the row, and the holder of a create, reset or
 //! migrate of that key stops (see [`Lease::stopped`]).
 
-use super::deadline::Deadline;
+use crate::bounds::Deadline;
 use crate::store::{Store, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};

@@ -7,34 +7,31 @@
 //!   background loop that runs them;
 //! - `snapshot`: counts and probes for `/metrics`, `/v1/targets` and readiness;
 //! - `error`: [`ServiceError`] and the guide to every error type;
-//! - what bounds the work: per-key `lease`s (one change to a key at a time, across replicas,
-//!   without holding a connection), per-target work `queue`s and `deadline`s.
+//! - `lease`: per-key leases — one change to a key at a time, across replicas, without holding
+//!   a connection.
 //!
 //! Every change to a key happens under that key's lease, within a deadline, and runs in a task
 //! of its own so that a caller hanging up cannot leave an environment half-made. A DELETE stops
 //! a create, reset or migrate of the same key that is still running, on any replica.
 
 mod create;
-pub mod deadline;
 mod error;
 pub mod lease;
 mod operate;
 mod plan;
-pub mod queue;
 mod snapshot;
 mod upkeep;
 
-pub use deadline::Deadline;
 pub use error::{Class, Result, ServiceError};
 pub use lease::{Lease, Leases};
 pub use operate::Env;
 pub use plan::{CreateSpec, Defaults};
-pub use queue::{QueueFull, WorkQueue};
 pub use snapshot::TargetView;
 pub use upkeep::{run_upkeep, SweepReport, SweptEnv, NO_WARM_UP_ENV};
 
 use crate::backend::registry::Target;
 use crate::blueprint::Blueprint;
+use crate::bounds::Deadline;
 use crate::domain::InvalidInput;
 use crate::domain::Secret;
 use crate::metrics::{Metrics, Operation};

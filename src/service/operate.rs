@@ -386,7 +386,7 @@ impl Environments {
 }
 
 /// A teardown that ran out of time is left as it is: the reconciler finishes it.
-fn late_teardown(e: super::deadline::Expired) -> ServiceError {
+fn late_teardown(e: crate::bounds::deadline::Expired) -> ServiceError {
     ServiceError::DeadlineExceeded(format!(
         "the teardown did not finish in time ({e}); it will be retried"
     ))

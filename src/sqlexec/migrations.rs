@@ -4,9 +4,9 @@
 //! `previewdb_migrations` table).
 
 use super::{Item, Mode, Policy, Script, ScriptError};
+use crate::bounds::Deadline;
 use crate::domain::{MigrationFormat, SourceFile};
 use crate::pgconn::PgConnector;
-use crate::service::Deadline;
 
 /// Where migrations run: a database reached through `server`, which must log in as the role
 /// that is to own what they create (see `PgConnector::with_login`) — never an admin login that

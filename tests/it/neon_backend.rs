@@ -60,7 +60,7 @@ fn request(key: &str, ttl: Days) -> ProvisionRequest {
         expires_at: Utc::now() + ttl,
         blueprint: None,
         migrations: vec![],
-        deadline: previewdb::service::Deadline::after(Duration::from_secs(60)),
+        deadline: previewdb::bounds::Deadline::after(Duration::from_secs(60)),
     }
 }
 
@@ -420,7 +420,7 @@ async fn rotate_reset_and_extend_speak_neon() {
         .roles(&branch)
         .contains(&(conn.user.clone(), rotated.password.expose().to_string())));
 
-    let deadline = previewdb::service::Deadline::after(Duration::from_secs(60));
+    let deadline = previewdb::bounds::Deadline::after(Duration::from_secs(60));
     b.reset(&res, None, &previewdb::domain::Secret::new(""), &deadline)
         .await
         .expect("reset");

@@ -650,7 +650,7 @@ impl Backend for NeonBackend {
         resources: &Resources,
         _blueprint: Option<&std::sync::Arc<crate::blueprint::Blueprint>>,
         _password: &Secret,
-        _deadline: &crate::service::Deadline,
+        _deadline: &crate::bounds::Deadline,
     ) -> Result<(), BackendError> {
         let (branch_id, _, _) = self.live(resources)?;
         let dl = self.deadline();

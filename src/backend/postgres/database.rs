@@ -11,8 +11,8 @@ use super::target::Inner;
 use super::template::{self, TemplateInfo, Templates};
 use crate::backend::{BackendError, ProvisionRequest, Secret};
 use crate::blueprint::Blueprint;
+use crate::bounds::Deadline;
 use crate::domain::PgIdent;
-use crate::service::Deadline;
 use std::sync::Arc;
 use tokio_postgres::error::SqlState;
 

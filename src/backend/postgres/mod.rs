@@ -26,11 +26,11 @@ use super::{
     TargetHealth,
 };
 use crate::blueprint::Blueprint;
+use crate::bounds::{Deadline, WorkQueue};
 use crate::configuration::PostgresTargetConfig;
 use crate::domain::{
     Connection, InvalidInput, Isolation, PgIdent, PostgresResources, Resources, Secret, SourceFile,
 };
-use crate::service::{Deadline, WorkQueue};
 use admin::{db_err, quote, Sessions};
 use chrono::{DateTime, Utc};
 use names::EnvNames;

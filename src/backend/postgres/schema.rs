@@ -16,8 +16,8 @@ use super::target::Inner;
 use super::template;
 use crate::backend::{BackendError, ProvisionRequest};
 use crate::blueprint::Blueprint;
+use crate::bounds::Deadline;
 use crate::domain::{InvalidInput, PgIdent, Secret, SourceFile};
-use crate::service::Deadline;
 
 pub(super) fn check_blueprint(blueprint: Option<&Blueprint>) -> Result<(), BackendError> {
     match blueprint.and_then(|bp| bp.schema.as_ref().map(|s| (bp, s))) {

@@ -6,10 +6,10 @@
 use super::admin::{self, db_err};
 use super::names::EnvNames;
 use crate::backend::{BackendError, Connection, Secret};
+use crate::bounds::WorkQueue;
 use crate::configuration::PostgresTargetConfig;
 use crate::domain::PgIdent;
 use crate::pgconn::PgConnector;
-use crate::service::WorkQueue;
 use crate::store::{Sealer, Store};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
