@@ -1,7 +1,7 @@
 //! How previewdb reaches a PostgreSQL server: a connection string read the way libpq reads its
 //! `sslmode` and `sslrootcert`, and one TLS connector (rustls) shared by every connection made
 //! from it — the control store's pool, a target's admin, template builds and migration
-//! sessions, sqlx's included.
+//! sessions, sqlx's included — and the ids of the advisory locks taken over them.
 //!
 //! tokio-postgres knows only `disable | prefer | require`; `verify-ca`, `verify-full` and
 //! `sslrootcert` are taken out of the URL here and enforced by the certificate verifier.
