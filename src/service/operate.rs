@@ -188,7 +188,7 @@ impl Environments {
             match outcome.await {
                 Ok(()) => tracing::info!(env = %record.id, "environment data dropped"),
                 Err(e) => {
-                    tracing::warn!(env = %record.id, error = %e, "data of a deleted environment not dropped yet; it will be retried")
+                    tracing::warn!(env = %record.id, error = %e.chain(), "data of a deleted environment not dropped yet; it will be retried")
                 }
             }
         });

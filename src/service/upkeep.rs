@@ -142,7 +142,7 @@ impl Environments {
                 Ok(true) => done += 1,
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(env = %rec.id, error = %e, "reconciliation did not complete")
+                    tracing::warn!(env = %rec.id, error = %e.chain(), "reconciliation did not complete")
                 }
             }
         }
@@ -248,12 +248,12 @@ pub async fn run_upkeep(envs: Arc<Environments>, interval: Duration) {
         match envs.enforce_quotas().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(count = n, "size quotas: environments locked or unlocked"),
-            Err(e) => tracing::warn!(error = %e, "size quota check failed"),
+            Err(e) => tracing::warn!(error = %e.chain(), "size quota check failed"),
         }
         match envs.reconcile().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(count = n, "reconciled unfinished environments"),
-            Err(e) => tracing::warn!(error = %e, "reconciliation failed"),
+            Err(e) => tracing::warn!(error = %e.chain(), "reconciliation failed"),
         }
         match envs.sweep().await {
             Ok(r) if !r.deleted.is_empty() || !r.failed.is_empty() => {
@@ -264,7 +264,7 @@ pub async fn run_upkeep(envs: Arc<Environments>, interval: Duration) {
                 )
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "sweep failed"),
+            Err(e) => tracing::warn!(error = %e.chain(), "sweep failed"),
         }
         tokio::time::sleep(interval).await;
         match envs.collect_garbage().await {
@@ -272,7 +272,7 @@ pub async fn run_upkeep(envs: Arc<Environments>, interval: Duration) {
                 tracing::info!(dropped = ?d, "dropped unused templates and pool databases")
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+            Err(e) => tracing::warn!(error = %e.chain(), "garbage collection failed"),
         }
     }
 }
@@ -285,7 +285,7 @@ async fn warm_up(envs: Arc<Environments>) {
         match envs.prepare_blueprint(&name).await {
             Ok(_) => tracing::info!(blueprint = %name, "blueprint prepared"),
             Err(e) => {
-                tracing::warn!(blueprint = %name, error = %e, "blueprint could not be prepared")
+                tracing::warn!(blueprint = %name, error = %e.chain(), "blueprint could not be prepared")
             }
         }
     }
