@@ -82,15 +82,26 @@ pub async fn run(args: EnvArgs) -> anyhow::Result<()> {
         .token
         .clone()
         .context("no token: pass --token or set PREVIEWDB_TOKEN")?;
-    let http = reqwest::Client::new();
     let base = args.url.trim_end_matches('/');
+    let req = request(&reqwest::Client::new(), base, &args.command)?;
+    let body = send(req, &token, base).await?;
+    print(&args.command, args.output, &body);
+    Ok(())
+}
+
+/// The API call that carries out `command`, not yet authenticated.
+fn request(
+    http: &reqwest::Client,
+    base: &str,
+    command: &EnvCommand,
+) -> anyhow::Result<reqwest::RequestBuilder> {
     let env_url = |r: &str| {
         format!(
             "{base}/v1/environments/{}",
             percent_encoding::utf8_percent_encode(r, percent_encoding::NON_ALPHANUMERIC)
         )
     };
-    let req = match &args.command {
+    Ok(match command {
         EnvCommand::Create {
             key,
             blueprint,
@@ -99,21 +110,10 @@ pub async fn run(args: EnvArgs) -> anyhow::Result<()> {
             ttl,
             labels,
         } => {
-            let mut label_map = serde_json::Map::new();
-            for l in labels {
-                let (k, v) = l.split_once('=').context("--label wants name=value")?;
-                label_map.insert(k.into(), v.into());
-            }
             let body = json!({ "key": key, "blueprint": blueprint, "target": target, "isolation": isolation,
-                               "ttl": ttl, "labels": label_map });
-            let body: serde_json::Map<_, _> = body
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            http.post(format!("{base}/v1/environments")).json(&body)
+                               "ttl": ttl, "labels": label_map(labels)? });
+            http.post(format!("{base}/v1/environments"))
+                .json(&without_nulls(&body))
         }
         EnvCommand::Get { reference, reveal } => {
             http.get(env_url(reference)).query(&[("reveal", reveal)])
@@ -133,9 +133,33 @@ pub async fn run(args: EnvArgs) -> anyhow::Result<()> {
             .post(format!("{}/extend", env_url(reference)))
             .json(&json!({ "ttl": ttl })),
         EnvCommand::Reset { reference } => http.post(format!("{}/reset", env_url(reference))),
-    };
+    })
+}
+
+/// `--label name=value` flags as the JSON object the API takes.
+fn label_map(labels: &[String]) -> anyhow::Result<serde_json::Map<String, Value>> {
+    let mut map = serde_json::Map::new();
+    for l in labels {
+        let (k, v) = l.split_once('=').context("--label wants name=value")?;
+        map.insert(k.into(), v.into());
+    }
+    Ok(map)
+}
+
+/// Options not given are left out, so the server applies its defaults.
+fn without_nulls(body: &Value) -> serde_json::Map<String, Value> {
+    body.as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Sends `req` with the token; the JSON answer, or the API's problem as an error.
+async fn send(req: reqwest::RequestBuilder, token: &str, base: &str) -> anyhow::Result<Value> {
     let res = req
-        .bearer_auth(&token)
+        .bearer_auth(token)
         .send()
         .await
         .with_context(|| format!("calling {base}"))?;
@@ -146,8 +170,7 @@ pub async fn run(args: EnvArgs) -> anyhow::Result<()> {
         let code = body.get("code").and_then(Value::as_str).unwrap_or("");
         bail!("{status} {code}: {detail}");
     }
-    print(&args.command, args.output, &body);
-    Ok(())
+    Ok(body)
 }
 
 fn print(command: &EnvCommand, output: Output, body: &Value) {

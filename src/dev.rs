@@ -37,7 +37,29 @@ pub async fn setup_with(opts: &DevOptions, durability: Durability) -> anyhow::Re
             .await??;
     create_database_if_missing(&postgres.admin_url("postgres"), "previewdb").await?;
     let key = persistent_key(&postgres.data_dir().join("encryption.key"))?;
-    let token = std::env::var(DEV_TOKEN_ENV)
+    let token = dev_token();
+    let mut config = Config::parse(&base_config(&postgres, &key, &token), Path::new("."))?;
+    if let Some(examples) = example_blueprints() {
+        config.merge_file(&examples)?;
+    }
+    if let Some(extra) = &opts.config {
+        config.merge_file(extra)?;
+    }
+    if let Some(listen) = &opts.listen {
+        config.listen = listen
+            .parse()
+            .with_context(|| format!("--listen {listen:?}"))?;
+    }
+    Ok(DevSetup {
+        postgres,
+        config,
+        token,
+    })
+}
+
+/// `$PREVIEWDB_DEV_TOKEN` when set (so scripts know it in advance), else a fresh random one.
+fn dev_token() -> String {
+    std::env::var(DEV_TOKEN_ENV)
         .ok()
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| {
@@ -45,8 +67,13 @@ pub async fn setup_with(opts: &DevOptions, durability: Durability) -> anyhow::Re
                 "pdb_dev_{}",
                 Alphanumeric.sample_string(&mut rand::rngs::OsRng, 32)
             )
-        });
-    let text = format!(
+        })
+}
+
+/// The configuration of `previewdb dev` before blueprints and `--config` are merged in: the
+/// cluster as control store and as the one target, and `token` with every scope.
+fn base_config(postgres: &EmbeddedPostgres, key: &str, token: &str) -> String {
+    format!(
         r#"
 listen = "127.0.0.1:8080"
 control_url = {control:?}
@@ -67,26 +94,9 @@ max_environments = 200
 "#,
         control = postgres.admin_url("previewdb"),
         admin = postgres.admin_url("postgres"),
-        digest = hex::encode(token_digest(&token)),
+        digest = hex::encode(token_digest(token)),
         port = postgres.port(),
-    );
-    let mut config = Config::parse(&text, Path::new("."))?;
-    if let Some(examples) = example_blueprints() {
-        config.merge_file(&examples)?;
-    }
-    if let Some(extra) = &opts.config {
-        config.merge_file(extra)?;
-    }
-    if let Some(listen) = &opts.listen {
-        config.listen = listen
-            .parse()
-            .with_context(|| format!("--listen {listen:?}"))?;
-    }
-    Ok(DevSetup {
-        postgres,
-        config,
-        token,
-    })
+    )
 }
 
 /// The example blueprints shipped in `seeds/`: next to the working directory, else in the

@@ -7,8 +7,9 @@
 use anyhow::{anyhow, bail, Context};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The cluster's bootstrap superuser. It alone may log in without a password, and only over the
@@ -35,9 +36,8 @@ pub struct EmbeddedPostgres {
     socket_dir: PathBuf,
     port: u16,
     pid: u32,
-    /// Set to the exit status by the thread that owns the child once the server exits.
-    exited: std::sync::Arc<Mutex<Option<std::process::ExitStatus>>>,
-    waiter: Mutex<Option<std::thread::JoinHandle<()>>>,
+    exited: ExitSlot,
+    waiter: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl EmbeddedPostgres {
@@ -80,107 +80,20 @@ impl EmbeddedPostgres {
         Self::start_with(data_dir, Durability::Fast)
     }
 
+    /// [`start`](Self::start) with writes as durable as `durability` says.
     pub fn start_with(data_dir: &Path, durability: Durability) -> anyhow::Result<Self> {
         let bin = Self::find_bin_dir()?;
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating data directory {}", data_dir.display()))?;
-        let data_dir = std::fs::canonicalize(data_dir)?;
-        let run_as = unprivileged_user()?;
-        let data_dir = cluster_home(&data_dir, run_as)?;
-        let socket_dir = socket_dir_for(&data_dir)?;
-        let pgdata = data_dir.join("pgdata");
-        if let Some((uid, gid)) = run_as {
-            for dir in [&data_dir, &socket_dir] {
-                std::os::unix::fs::chown(dir, Some(uid), Some(gid))
-                    .with_context(|| format!("handing {} to the postgres user", dir.display()))?;
-            }
+        let layout = Layout::prepare(data_dir)?;
+        if !layout.pgdata().join("PG_VERSION").exists() {
+            layout.init_cluster(&bin)?;
         }
-
-        if !pgdata.join("PG_VERSION").exists() {
-            let out = server_command(&bin.join("initdb"), run_as)
-                .arg("-D")
-                .arg(&pgdata)
-                .args([
-                    "-U",
-                    ADMIN_USER,
-                    "-E",
-                    "UTF8",
-                    "--no-locale",
-                    "--auth-local=trust",
-                ])
-                .args(["--auth-host=scram-sha-256", "--no-sync"])
-                .output()
-                .context("running initdb")?;
-            if !out.status.success() {
-                bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            std::fs::write(pgdata.join("pg_hba.conf"), PG_HBA)?;
-        }
-
         let port = free_port()?;
-        let log_path = data_dir.join("postgres.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
-        if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(&log_path, Some(uid), Some(gid))?;
-        }
-        let mut cmd = server_command(&bin.join("postgres"), run_as);
-        cmd.arg("-D").arg(&pgdata).arg("-p").arg(port.to_string());
-        for setting in [
-            "listen_addresses=127.0.0.1".to_string(),
-            format!("unix_socket_directories={}", socket_dir.display()),
-            "unix_socket_permissions=0700".into(),
-            "max_connections=300".into(),
-            // Tenants may PREPARE TRANSACTION, as on many production servers: teardown must cope.
-            "max_prepared_transactions=16".into(),
-            "password_encryption=scram-sha-256".into(),
-        ] {
-            cmd.arg("-c").arg(setting);
-        }
-        if durability == Durability::Fast {
-            for setting in [
-                "fsync=off",
-                "synchronous_commit=off",
-                "full_page_writes=off",
-            ] {
-                cmd.arg("-c").arg(setting);
-            }
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: prctl is async-signal-safe; it makes the kernel stop the server when the
-        // thread that started it ends, so a killed test run or CLI leaves no server behind.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        // The death signal is tied to the thread that spawns the child, so a thread that lives
-        // exactly as long as the server spawns it and waits for it.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let exited = std::sync::Arc::new(Mutex::new(None));
-        let exit_slot = exited.clone();
-        let waiter = std::thread::Builder::new()
-            .name("postgres".into())
-            .spawn(move || {
-                let mut child: Child = match cmd.spawn() {
-                    Ok(c) => c,
-                    Err(e) => return drop(tx.send(Err(e))),
-                };
-                let _ = tx.send(Ok(child.id()));
-                let status = child.wait();
-                *exit_slot.lock().unwrap() = status.ok();
-            })?;
-        let pid = rx.recv()?.context("starting postgres")?;
+        let log_path = layout.home.join("postgres.log");
+        let cmd = layout.server(&bin, port, durability, &log_path)?;
+        let (pid, exited, waiter) = spawn_server(cmd)?;
         let pg = Self {
-            data_dir,
-            socket_dir,
+            data_dir: layout.home,
+            socket_dir: layout.socket_dir,
             port,
             pid,
             exited,
@@ -271,6 +184,153 @@ impl Drop for EmbeddedPostgres {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Set to the server's exit status by the thread that owns the child, once the server exits.
+type ExitSlot = Arc<Mutex<Option<ExitStatus>>>;
+
+/// Where one cluster lives and whom its server runs as, settled before anything starts.
+struct Layout {
+    /// The cluster's home (see [`cluster_home`]): its `pgdata`, log and key are inside.
+    home: PathBuf,
+    socket_dir: PathBuf,
+    /// The (uid, gid) the server runs as when we are root.
+    run_as: Option<(u32, u32)>,
+}
+
+impl Layout {
+    fn prepare(data_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+        let data_dir = std::fs::canonicalize(data_dir)?;
+        let run_as = unprivileged_user()?;
+        let home = cluster_home(&data_dir, run_as)?;
+        let socket_dir = socket_dir_for(&home)?;
+        let layout = Self {
+            home,
+            socket_dir,
+            run_as,
+        };
+        for dir in [&layout.home, &layout.socket_dir] {
+            layout
+                .hand_over(dir)
+                .with_context(|| format!("handing {} to the postgres user", dir.display()))?;
+        }
+        Ok(layout)
+    }
+
+    fn pgdata(&self) -> PathBuf {
+        self.home.join("pgdata")
+    }
+
+    /// Gives `path` to the server's user, when that is not us.
+    fn hand_over(&self, path: &Path) -> std::io::Result<()> {
+        match self.run_as {
+            Some((uid, gid)) => std::os::unix::fs::chown(path, Some(uid), Some(gid)),
+            None => Ok(()),
+        }
+    }
+
+    /// A new cluster whose admin alone logs in without a password (see [`PG_HBA`]).
+    fn init_cluster(&self, bin: &Path) -> anyhow::Result<()> {
+        let pgdata = self.pgdata();
+        let out = server_command(&bin.join("initdb"), self.run_as)
+            .arg("-D")
+            .arg(&pgdata)
+            .args([
+                "-U",
+                ADMIN_USER,
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--auth-local=trust",
+            ])
+            .args(["--auth-host=scram-sha-256", "--no-sync"])
+            .output()
+            .context("running initdb")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::fs::write(pgdata.join("pg_hba.conf"), PG_HBA)?;
+        Ok(())
+    }
+
+    /// The server's command line on `port`, its output appended to `log_path`.
+    fn server(
+        &self,
+        bin: &Path,
+        port: u16,
+        durability: Durability,
+        log_path: &Path,
+    ) -> anyhow::Result<Command> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)?;
+        self.hand_over(log_path)?;
+        let mut cmd = server_command(&bin.join("postgres"), self.run_as);
+        cmd.arg("-D")
+            .arg(self.pgdata())
+            .arg("-p")
+            .arg(port.to_string());
+        for setting in [
+            "listen_addresses=127.0.0.1".to_string(),
+            format!("unix_socket_directories={}", self.socket_dir.display()),
+            "unix_socket_permissions=0700".into(),
+            "max_connections=300".into(),
+            // Tenants may PREPARE TRANSACTION, as on many production servers: teardown must cope.
+            "max_prepared_transactions=16".into(),
+            "password_encryption=scram-sha-256".into(),
+        ] {
+            cmd.arg("-c").arg(setting);
+        }
+        if durability == Durability::Fast {
+            for setting in [
+                "fsync=off",
+                "synchronous_commit=off",
+                "full_page_writes=off",
+            ] {
+                cmd.arg("-c").arg(setting);
+            }
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        Ok(cmd)
+    }
+}
+
+/// Starts the server and returns its pid, the slot its exit status lands in, and the thread
+/// that owns it.
+fn spawn_server(mut cmd: Command) -> anyhow::Result<(u32, ExitSlot, JoinHandle<()>)> {
+    // SAFETY: prctl is async-signal-safe; it makes the kernel stop the server when the
+    // thread that started it ends, so a killed test run or CLI leaves no server behind.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // The death signal is tied to the thread that spawns the child, so a thread that lives
+    // exactly as long as the server spawns it and waits for it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let exited = ExitSlot::default();
+    let exit_slot = exited.clone();
+    let waiter = std::thread::Builder::new()
+        .name("postgres".into())
+        .spawn(move || {
+            let mut child: Child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => return drop(tx.send(Err(e))),
+            };
+            let _ = tx.send(Ok(child.id()));
+            let status = child.wait();
+            *exit_slot.lock().unwrap() = status.ok();
+        })?;
+    let pid = rx.recv()?.context("starting postgres")?;
+    Ok((pid, exited, waiter))
 }
 
 const PG_HBA: &str = "\

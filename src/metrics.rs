@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
 use std::time::Duration;
 
 /// The OpenMetrics text format, which Prometheus scrapes natively.
@@ -119,47 +119,43 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("previewdb");
-        let operations = Family::<OperationLabels, Counter>::default();
-        registry.register(
+        let operations = registered(
+            &mut registry,
             "operations",
             "Operations on environments by outcome: created, existing, ok, conflict, rejected \
              (the caller's input), limit_reached, error (the service's or a target's)",
-            operations.clone(),
+            Family::<OperationLabels, Counter>::default(),
         );
-        let create_duration: Histograms<CreateLabels> =
-            Family::new_with_constructor(|| Histogram::new(CREATE_BUCKETS));
-        registry.register_with_unit(
+        let create_duration = registered_in_seconds(
+            &mut registry,
             "create_duration",
             "Time to answer a successful create: created (warm from the pool, cold, or with a \
              template build) or existing",
-            Unit::Seconds,
-            create_duration.clone(),
+            Histograms::<CreateLabels>::new_with_constructor(|| Histogram::new(CREATE_BUCKETS)),
         );
-        let sweep_deleted = Counter::default();
-        registry.register(
+        let sweep_deleted = registered(
+            &mut registry,
             "sweep_deleted",
             "Expired environments torn down by a sweep of this process",
-            sweep_deleted.clone(),
+            Counter::default(),
         );
-        let sweep_failed = Counter::default();
-        registry.register(
+        let sweep_failed = registered(
+            &mut registry,
             "sweep_failed",
             "Expired environments a sweep of this process failed to tear down",
-            sweep_failed.clone(),
+            Counter::default(),
         );
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
+        let requests = registered(
+            &mut registry,
             "http_requests",
             "HTTP requests by method, matched route and status",
-            requests.clone(),
+            Family::<RequestLabels, Counter>::default(),
         );
-        let request_duration: Histograms<RouteLabels> =
-            Family::new_with_constructor(|| Histogram::new(REQUEST_BUCKETS));
-        registry.register_with_unit(
+        let request_duration = registered_in_seconds(
+            &mut registry,
             "http_request_duration",
             "HTTP request latency by method and matched route",
-            Unit::Seconds,
-            request_duration.clone(),
+            Histograms::<RouteLabels>::new_with_constructor(|| Histogram::new(REQUEST_BUCKETS)),
         );
         Self {
             registry,
@@ -253,6 +249,7 @@ pub(crate) fn render(metrics: &Metrics, snapshot: &Snapshot) -> String {
     let mut scrape = Registry::with_prefix("previewdb");
     register_environments(&mut scrape, snapshot);
     register_targets(&mut scrape, snapshot);
+    register_pools(&mut scrape, snapshot);
     let mut out = String::new();
     text::encode_registry(&mut out, &metrics.registry)
         .and_then(|()| text::encode_registry(&mut out, &scrape))
@@ -262,17 +259,17 @@ pub(crate) fn render(metrics: &Metrics, snapshot: &Snapshot) -> String {
 }
 
 fn register_environments(scrape: &mut Registry, snapshot: &Snapshot) {
-    let store_up = Gauge::<i64>::default();
-    scrape.register(
+    let store_up = registered(
+        scrape,
         "control_store_up",
         "1 if the control store answered this scrape",
-        store_up.clone(),
+        Gauge::<i64>::default(),
     );
-    let environments = Family::<EnvironmentLabels, Gauge>::default();
-    scrape.register(
+    let environments = registered(
+        scrape,
         "environments",
         "Environments in the control store by target and state (deleted ones are tombstones)",
-        environments.clone(),
+        Family::<EnvironmentLabels, Gauge>::default(),
     );
     if let Some(rows) = &snapshot.environments {
         store_up.set(1);
@@ -284,11 +281,11 @@ fn register_environments(scrape: &mut Registry, snapshot: &Snapshot) {
             environments.get_or_create(&labels).set(*n);
         }
     }
-    let locked = Family::<TargetLabels, Gauge>::default();
-    scrape.register(
+    let locked = registered(
+        scrape,
         "environments_locked",
         "Ready environments whose logins are refused because they are over their size quota",
-        locked.clone(),
+        Family::<TargetLabels, Gauge>::default(),
     );
     for (target, n) in snapshot.locked.iter().flatten() {
         let labels = TargetLabels {
@@ -299,29 +296,29 @@ fn register_environments(scrape: &mut Registry, snapshot: &Snapshot) {
 }
 
 fn register_targets(scrape: &mut Registry, snapshot: &Snapshot) {
-    let queued = Family::<QueueLabels, Gauge>::default();
-    scrape.register(
+    let queued = registered(
+        scrape,
         "provision_queue_waiting",
         "Requests waiting for a place in the target's queue of heavy work",
-        queued.clone(),
+        Family::<QueueLabels, Gauge>::default(),
     );
-    let running = Family::<QueueLabels, Gauge>::default();
-    scrape.register(
+    let running = registered(
+        scrape,
         "provision_queue_running",
         "Heavy work (cold clones, builds, migrations, resets, refills) running on the target",
-        running.clone(),
+        Family::<QueueLabels, Gauge>::default(),
     );
-    let target_up = Family::<TargetLabels, Gauge>::default();
-    scrape.register(
+    let target_up = registered(
+        scrape,
         "target_up",
         "1 if the target answered its health check (probed at most every 5 s)",
-        target_up.clone(),
+        Family::<TargetLabels, Gauge>::default(),
     );
-    let max_environments = Family::<TargetLabels, Gauge>::default();
-    scrape.register(
+    let max_environments = registered(
+        scrape,
         "target_max_environments",
         "The configured max_environments of the target",
-        max_environments.clone(),
+        Family::<TargetLabels, Gauge>::default(),
     );
     for t in &snapshot.targets {
         for (queue, waiting, busy) in &t.queues {
@@ -340,17 +337,20 @@ fn register_targets(scrape: &mut Registry, snapshot: &Snapshot) {
             .get_or_create(&labels)
             .set(i64::from(t.max_environments));
     }
-    let pool_ready = Family::<PoolLabels, Gauge>::default();
-    scrape.register(
+}
+
+fn register_pools(scrape: &mut Registry, snapshot: &Snapshot) {
+    let pool_ready = registered(
+        scrape,
         "pool_ready",
         "Databases waiting in the blueprint's warm pool on the target",
-        pool_ready.clone(),
+        Family::<PoolLabels, Gauge>::default(),
     );
-    let pool_size = Family::<PoolLabels, Gauge>::default();
-    scrape.register(
+    let pool_size = registered(
+        scrape,
         "pool_size",
         "The configured pool_size of the blueprint",
-        pool_size.clone(),
+        Family::<PoolLabels, Gauge>::default(),
     );
     for p in &snapshot.pools {
         let labels = PoolLabels {
@@ -362,4 +362,22 @@ fn register_targets(scrape: &mut Registry, snapshot: &Snapshot) {
             .set(i64::try_from(p.ready).unwrap_or(i64::MAX));
         pool_size.get_or_create(&labels).set(i64::from(p.size));
     }
+}
+
+/// `metric`, registered in `registry`; the returned handle records into what the registry
+/// encodes.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// [`registered`] with its unit, seconds, in the name.
+fn registered_in_seconds<M: Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register_with_unit(name, help, Unit::Seconds, metric.clone());
+    metric
 }

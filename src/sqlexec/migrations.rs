@@ -7,6 +7,7 @@ use super::{Item, Mode, Policy, Script, ScriptError};
 use crate::bounds::Deadline;
 use crate::domain::{MigrationFormat, SourceFile};
 use crate::pgconn::PgConnector;
+use tokio_postgres::error::SqlState;
 
 /// Where migrations run: a database reached through `server`, which must log in as the role
 /// that is to own what they create (see `PgConnector::with_login`) — never an admin login that
@@ -83,41 +84,45 @@ async fn apply_refinery(session: &Session, files: &[SourceFile]) -> Result<usize
         .iter()
         .map(|f| {
             refinery::Migration::unapplied(f.name.trim_end_matches(".sql"), &f.text)
-                .map_err(|e| ScriptError::local(&f.name, 0, "", e.to_string()))
+                .map_err(not_a_statement(&f.name))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut client = session
         .connect()
         .await
-        .map_err(|e| ScriptError::local("(connection)", 0, "", e.to_string()))?;
+        .map_err(not_a_statement("(connection)"))?;
     let runner = refinery::Runner::new(&migrations)
         .set_abort_missing(false)
         .set_abort_divergent(true);
     match runner.run_async(&mut client).await {
         Ok(report) => Ok(report.applied_migrations().len()),
-        Err(e) => {
-            let source = std::error::Error::source(&e)
-                .and_then(|s| s.downcast_ref::<tokio_postgres::Error>());
-            // refinery runs only unapplied migrations, in order; the failing one is the first of
-            // those it did not report as applied.
-            let failing = failing_file(&mut client, files).await;
-            Err(match (source, failing) {
-                // A statement cut short by its deadline would only be cut short again.
-                (Some(err), Some(f)) if is_cancel(err.code()) => {
-                    ScriptError::server(&f.name, 1, &f.text, err)
-                }
-                (Some(err), Some(f)) => match locate(session, f).await {
-                    Some(precise) => precise,
-                    None => ScriptError::server(&f.name, 1, &f.text, err),
-                },
-                (_, f) => ScriptError::local(
-                    f.map_or("(migrations)", |f| f.name.as_str()),
-                    0,
-                    "",
-                    e.to_string(),
-                ),
-            })
-        }
+        Err(e) => Err(refinery_failure(session, &mut client, files, &e).await),
+    }
+}
+
+/// What refinery's `error` was, pinned to the failing file and, where replaying finds it, the
+/// failing statement.
+async fn refinery_failure(
+    session: &Session,
+    client: &mut tokio_postgres::Client,
+    files: &[SourceFile],
+    error: &refinery::Error,
+) -> ScriptError {
+    let source =
+        std::error::Error::source(error).and_then(|s| s.downcast_ref::<tokio_postgres::Error>());
+    // refinery runs only unapplied migrations, in order; the failing one is the first of
+    // those it did not report as applied.
+    let failing = failing_file(client, files).await;
+    match (source, failing) {
+        (Some(err), Some(f)) => locate(session, f, err.code().map(SqlState::code))
+            .await
+            .unwrap_or_else(|| ScriptError::server(&f.name, 1, &f.text, err)),
+        (_, f) => ScriptError::local(
+            f.map_or("(migrations)", |f| f.name.as_str()),
+            0,
+            "",
+            error.to_string(),
+        ),
     }
 }
 
@@ -140,20 +145,18 @@ async fn failing_file<'a>(
 
 async fn apply_sqlx(session: &Session, files: &[SourceFile]) -> Result<usize, ScriptError> {
     // sqlx's run-time Migrator reads a directory: hand it exactly these files.
-    let dir = tempfile::tempdir()
-        .map_err(|e| ScriptError::local("(migrations)", 0, "", e.to_string()))?;
+    let dir = tempfile::tempdir().map_err(not_a_statement("(migrations)"))?;
     for f in files {
-        std::fs::write(dir.path().join(&f.name), &f.text)
-            .map_err(|e| ScriptError::local(&f.name, 0, "", e.to_string()))?;
+        std::fs::write(dir.path().join(&f.name), &f.text).map_err(not_a_statement(&f.name))?;
     }
     let mut migrator = sqlx::migrate::Migrator::new(dir.path())
         .await
-        .map_err(|e| ScriptError::local("(migrations)", 0, "", e.to_string()))?;
+        .map_err(not_a_statement("(migrations)"))?;
     migrator.set_ignore_missing(true);
     let pool = session
         .connect_sqlx()
         .await
-        .map_err(|e| ScriptError::local("(connection)", 0, "", e.to_string()))?;
+        .map_err(not_a_statement("(connection)"))?;
     let before = sqlx_applied(&pool).await;
     let outcome = migrator.run(&pool).await;
     let after = sqlx_applied(&pool).await;
@@ -161,51 +164,57 @@ async fn apply_sqlx(session: &Session, files: &[SourceFile]) -> Result<usize, Sc
     match outcome {
         Ok(()) => Ok(after.saturating_sub(before)),
         Err(sqlx::migrate::MigrateError::ExecuteMigration(err, version)) => {
-            let file = files.iter().find(|f| {
-                f.name
-                    .split_once('_')
-                    .is_some_and(|(v, _)| v.parse() == Ok(version))
-            });
-            let name = file.map_or_else(|| version.to_string(), |f| f.name.clone());
-            let cancelled = err
-                .as_database_error()
-                .and_then(|d| d.code())
-                .is_some_and(|c| c == "57014");
-            let located = match file {
-                Some(f) if !cancelled => locate(session, f).await,
+            Err(sqlx_failure(session, files, &err, version).await)
+        }
+        Err(e) => Err(not_a_statement("(migrations)")(e)),
+    }
+}
+
+/// The error `err` of the migration numbered `version`, pinned to its file and, where the
+/// server's position or replaying finds it, the failing statement.
+async fn sqlx_failure(
+    session: &Session,
+    files: &[SourceFile],
+    err: &sqlx::Error,
+    version: i64,
+) -> ScriptError {
+    let file = files.iter().find(|f| {
+        f.name
+            .split_once('_')
+            .is_some_and(|(v, _)| v.parse() == Ok(version))
+    });
+    let Some(f) = file else {
+        return ScriptError::local(&version.to_string(), 0, "", err.to_string());
+    };
+    let db = err.as_database_error();
+    if let Some(located) = locate(session, f, db.and_then(|d| d.code()).as_deref()).await {
+        return located;
+    }
+    match db.and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()) {
+        Some(db) => {
+            let pos = match db.position() {
+                Some(sqlx::postgres::PgErrorPosition::Original(p)) => Some(p),
                 _ => None,
             };
-            match (
-                err.as_database_error()
-                    .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()),
-                file,
-            ) {
-                _ if located.is_some() => Err(located.expect("checked")),
-                (Some(db), Some(f)) => {
-                    let pos = match db.position() {
-                        Some(sqlx::postgres::PgErrorPosition::Original(p)) => Some(p),
-                        _ => None,
-                    };
-                    Err(from_server(
-                        f,
-                        db.code(),
-                        db.message(),
-                        db.detail(),
-                        db.hint(),
-                        pos,
-                    ))
-                }
-                _ => Err(ScriptError::local(&name, 0, "", err.to_string())),
-            }
+            from_server(f, db.code(), db.message(), db.detail(), db.hint(), pos)
         }
-        Err(e) => Err(ScriptError::local("(migrations)", 0, "", e.to_string())),
+        None => ScriptError::local(&f.name, 0, "", err.to_string()),
     }
 }
 
 /// A tool that runs a whole file at once reports no line unless the server gives a position.
 /// Replaying the file statement by statement in a transaction that is always rolled back finds
-/// the failing statement and its line. Files that cannot run in a transaction are not replayed.
-async fn locate(session: &Session, file: &SourceFile) -> Option<ScriptError> {
+/// the failing statement and its line. Files that cannot run in a transaction are not replayed,
+/// nor is one whose run was cut short by its deadline (`sqlstate` 57014): it would only be cut
+/// short again.
+async fn locate(
+    session: &Session,
+    file: &SourceFile,
+    sqlstate: Option<&str>,
+) -> Option<ScriptError> {
+    if sqlstate == Some(SqlState::QUERY_CANCELED.code()) {
+        return None;
+    }
     let script = Script::parse(&file.name, &file.text).ok()?;
     if script.has_non_transactional() {
         return None;
@@ -225,8 +234,10 @@ async fn locate(session: &Session, file: &SourceFile) -> Option<ScriptError> {
     found
 }
 
-fn is_cancel(code: Option<&tokio_postgres::error::SqlState>) -> bool {
-    code == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+/// An error of the tool, the connection or the history table rather than of a statement: it
+/// names `place` and no line.
+fn not_a_statement<E: std::fmt::Display>(place: &str) -> impl FnOnce(E) -> ScriptError + '_ {
+    move |e| ScriptError::local(place, 0, "", e.to_string())
 }
 
 async fn sqlx_applied(pool: &sqlx::PgPool) -> usize {
@@ -240,20 +251,7 @@ const PLAIN_HISTORY: &str = "CREATE TABLE IF NOT EXISTS previewdb_migrations (\
     name text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())";
 
 async fn apply_plain(session: &Session, files: &[SourceFile]) -> Result<usize, ScriptError> {
-    let client = session
-        .connect()
-        .await
-        .map_err(|e| ScriptError::local("(connection)", 0, "", e.to_string()))?;
-    client
-        .batch_execute(PLAIN_HISTORY)
-        .await
-        .map_err(|e| ScriptError::local("previewdb_migrations", 0, "", e.to_string()))?;
-    let rows = client
-        .query("SELECT name, checksum FROM previewdb_migrations", &[])
-        .await
-        .map_err(|e| ScriptError::local("previewdb_migrations", 0, "", e.to_string()))?;
-    let recorded: std::collections::HashMap<String, String> =
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let recorded = plain_history(session).await?;
     let mut ran = 0;
     for f in files {
         let checksum = checksum(&f.text);
@@ -270,25 +268,47 @@ async fn apply_plain(session: &Session, files: &[SourceFile]) -> Result<usize, S
             None => {}
         }
         // Each file runs on a connection of its own: scripts may change session settings.
-        let client = session
-            .connect()
-            .await
-            .map_err(|e| ScriptError::local(&f.name, 0, "", e.to_string()))?;
-        let mut script = Script::parse(&f.name, &f.text)?;
-        let line = script.items.last().map_or(1, super::item_line);
-        // Recorded in the same transaction as the migration itself.
-        script.items.push(Item::Statement {
-            sql: format!(
-                "INSERT INTO previewdb_migrations (name, checksum) VALUES ({}, {})",
-                postgres_protocol::escape::escape_literal(&f.name),
-                postgres_protocol::escape::escape_literal(&checksum)
-            ),
-            line,
-        });
+        let client = session.connect().await.map_err(not_a_statement(&f.name))?;
+        let script = recording_script(f, &checksum)?;
         super::run(&client, &script, Mode::Transaction, &Policy::default()).await?;
         ran += 1;
     }
     Ok(ran)
+}
+
+/// The checksum of every file recorded as applied, by name; the table is made on first use.
+async fn plain_history(
+    session: &Session,
+) -> Result<std::collections::HashMap<String, String>, ScriptError> {
+    let client = session
+        .connect()
+        .await
+        .map_err(not_a_statement("(connection)"))?;
+    client
+        .batch_execute(PLAIN_HISTORY)
+        .await
+        .map_err(not_a_statement("previewdb_migrations"))?;
+    let rows = client
+        .query("SELECT name, checksum FROM previewdb_migrations", &[])
+        .await
+        .map_err(not_a_statement("previewdb_migrations"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// The script of `f`, followed by the statement that records it, so that both happen in the
+/// same transaction.
+fn recording_script(f: &SourceFile, checksum: &str) -> Result<Script, ScriptError> {
+    let mut script = Script::parse(&f.name, &f.text)?;
+    let line = script.items.last().map_or(1, super::item_line);
+    script.items.push(Item::Statement {
+        sql: format!(
+            "INSERT INTO previewdb_migrations (name, checksum) VALUES ({}, {})",
+            postgres_protocol::escape::escape_literal(&f.name),
+            postgres_protocol::escape::escape_literal(checksum)
+        ),
+        line,
+    });
+    Ok(script)
 }
 
 fn checksum(text: &str) -> String {
