@@ -7,7 +7,7 @@ use crate::backend::{
     object_name, Backend, BackendError, Capabilities, ProvisionRequest, Support, TargetHealth,
 };
 use crate::configuration::NeonTargetConfig;
-use crate::domain::{Connection, InvalidInput, Isolation, NeonResources, Resources, Secret, Ttl};
+use crate::domain::{Connection, InvalidInput, Isolation, NeonResources, Resources, Secret};
 use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, SecondsFormat, Utc};
 use client::{seg, ClientSettings, Deadline, NeonClient, NeonError, Reply};
@@ -20,6 +20,8 @@ const MAX_EXPIRY: chrono::Duration = chrono::Duration::days(30);
 const EXPIRY_MARGIN: chrono::Duration = chrono::Duration::hours(1);
 /// Annotation key that marks a branch as previewdb's, so only those are ever adopted or deleted.
 const MARK: &str = "previewdb";
+/// Backoff stops doubling here, whatever the configured first delay.
+const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Health checks must answer quickly even when the provisioning deadline is long.
 const HEALTH_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -88,21 +90,15 @@ impl NeonBackend {
         if key.is_empty() {
             bail!("{at}: the Neon API key is empty");
         }
-        let deadline = match &cfg.deadline {
-            Some(d) => Ttl::parse(d)
-                .map_err(|e| anyhow!("{at}.deadline: {}", e.reason))?
-                .as_duration(),
-            None => Duration::from_secs(300),
-        };
         let client = NeonClient::new(
             Secret::new(key),
             ClientSettings {
                 base_url: cfg.api_url.clone(),
                 project_id: cfg.project_id.clone(),
-                request_timeout: Duration::from_secs(cfg.request_timeout_seconds.unwrap_or(30)),
-                retry_base: Duration::from_millis(cfg.retry_base_ms.unwrap_or(250)),
-                retry_max: Duration::from_secs(10),
-                poll_interval: Duration::from_millis(cfg.poll_interval_ms.unwrap_or(500)),
+                request_timeout: cfg.request_timeout,
+                retry_base: cfg.retry_base,
+                retry_max: RETRY_MAX,
+                poll_interval: cfg.poll_interval,
             },
         )
         .with_context(|| format!("{at}: building the HTTP client"))?;
@@ -124,7 +120,7 @@ impl NeonBackend {
             database: cfg.database.clone(),
             pooled: cfg.pooled,
             endpoint_spec,
-            deadline,
+            deadline: cfg.deadline,
         })
     }
 
