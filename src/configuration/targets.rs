@@ -78,7 +78,8 @@ pub struct NeonTargetConfig {
     pub autoscaling_limit_max_cu: Option<f64>,
     pub suspend_timeout_seconds: Option<i64>,
     pub pooled: bool,
-    /// Overall deadline for one Neon call including retries and operation waits (`deadline`).
+    /// Overall deadline for one Neon call including retries and operation waits (`deadline`,
+    /// e.g. "3m").
     pub deadline: Duration,
     pub max_environments: u32,
     /// First retry delay (`retry_base_ms`), doubling up to 10 s.
@@ -236,4 +237,47 @@ fn postgres(at: &str, raw: RawPostgresTarget) -> anyhow::Result<PostgresTargetCo
             raw.file_copy_above,
         )?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neon_tuning_defaults_are_applied_here() {
+        let cfg: NeonTargetConfig =
+            toml::from_str("project_id = \"p\"\nparent_branch = \"main\"\n").unwrap();
+        assert_eq!(
+            (
+                cfg.deadline,
+                cfg.request_timeout,
+                cfg.retry_base,
+                cfg.poll_interval
+            ),
+            (
+                Duration::from_secs(300),
+                Duration::from_secs(30),
+                Duration::from_millis(250),
+                Duration::from_millis(500)
+            )
+        );
+        let cfg: NeonTargetConfig = toml::from_str(
+            "project_id = \"p\"\nparent_branch = \"main\"\ndeadline = \"3m\"\nretry_base_ms = 10\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (cfg.deadline, cfg.retry_base),
+            (Duration::from_secs(180), Duration::from_millis(10))
+        );
+    }
+
+    #[test]
+    fn a_bad_neon_deadline_names_its_key() {
+        let raw: BTreeMap<String, RawTarget> = toml::from_str(
+            "[n]\nkind = \"neon\"\nproject_id = \"p\"\nparent_branch = \"main\"\ndeadline = \"soon\"\n",
+        )
+        .unwrap();
+        let e = resolve(raw, None).unwrap_err().to_string();
+        assert!(e.starts_with("targets.n.deadline: "), "{e}");
+    }
 }
