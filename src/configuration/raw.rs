@@ -2,7 +2,6 @@
 //! refused so that a typo fails loudly. Nothing here is validated beyond its TOML type, and
 //! nothing derives `Debug`: these still hold admin URLs and keys in clear.
 
-use super::targets::NeonTargetConfig;
 use crate::domain::MigrationFormat;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -46,7 +45,7 @@ pub(super) struct RawToken {
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub(super) enum RawTarget {
     Postgres(Box<RawPostgresTarget>),
-    Neon(Box<NeonTargetConfig>),
+    Neon(Box<RawNeonTarget>),
 }
 
 #[derive(Deserialize)]
@@ -66,6 +65,27 @@ pub(super) struct RawPostgresTarget {
     pub max_environment_bytes: Option<ByteSize>,
     pub clone_strategy: Option<String>,
     pub file_copy_above: Option<ByteSize>,
+}
+
+/// A `kind = "neon"` section; also what a standalone `NeonTargetConfig` is read from.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNeonTarget {
+    pub api_url: Option<String>,
+    pub api_key_env: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    pub project_id: String,
+    pub parent_branch: String,
+    pub database: Option<String>,
+    pub autoscaling_limit_min_cu: Option<f64>,
+    pub autoscaling_limit_max_cu: Option<f64>,
+    pub suspend_timeout_seconds: Option<i64>,
+    pub pooled: Option<bool>,
+    pub deadline: Option<String>,
+    pub max_environments: Option<u32>,
+    pub retry_base_ms: Option<u64>,
+    pub poll_interval_ms: Option<u64>,
+    pub request_timeout_seconds: Option<u64>,
 }
 
 /// A `[blueprints.NAME]` table; paths are relative to the config file's directory.

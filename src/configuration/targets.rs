@@ -2,8 +2,8 @@
 //! kind with every default applied here, so that a backend reads plain values.
 
 use super::duration;
-use super::raw::{ByteSize, RawPostgresTarget, RawTarget};
-use crate::domain::{PgIdent, Ttl};
+use super::raw::{ByteSize, RawNeonTarget, RawPostgresTarget, RawTarget};
+use crate::domain::PgIdent;
 use crate::pgconn::{PgConnector, SslMode};
 use anyhow::{anyhow, bail};
 use serde::Deserialize;
@@ -62,49 +62,51 @@ impl std::fmt::Debug for PostgresTargetConfig {
     }
 }
 
-/// Read straight from its section (the backend's tests build one from TOML too). It holds no
-/// secret: the API key is read by the backend, from `api_key_file` or `api_key_env`.
+/// Resolved from its section, every default applied; it also deserializes on its own, resolved
+/// the same way (the backend's tests build one from TOML). It holds no secret: the API key is
+/// read by the backend, from `api_key_file` or `api_key_env`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawNeonTarget")]
 pub struct NeonTargetConfig {
-    #[serde(default = "default_neon_api_url")]
     pub api_url: String,
-    #[serde(default = "default_neon_key_env")]
     pub api_key_env: String,
     pub api_key_file: Option<PathBuf>,
     pub project_id: String,
     pub parent_branch: String,
-    #[serde(default = "default_neon_database")]
     pub database: String,
     pub autoscaling_limit_min_cu: Option<f64>,
     pub autoscaling_limit_max_cu: Option<f64>,
     pub suspend_timeout_seconds: Option<i64>,
-    #[serde(default)]
     pub pooled: bool,
-    /// Overall deadline for one Neon call including retries and operation waits, e.g. "3m".
-    pub deadline: Option<String>,
-    #[serde(default = "default_neon_max_environments")]
+    /// Overall deadline for one Neon call including retries and operation waits (`deadline`,
+    /// e.g. "3m").
+    pub deadline: Duration,
     pub max_environments: u32,
-    /// First retry delay in milliseconds (default 250), doubling up to 10 s.
-    pub retry_base_ms: Option<u64>,
-    /// How often a running Neon operation is polled, in milliseconds (default 500).
-    pub poll_interval_ms: Option<u64>,
-    /// Timeout of one HTTP request in seconds (default 30: branch creation can exceed 10 s).
-    pub request_timeout_seconds: Option<u64>,
+    /// First retry delay (`retry_base_ms`), doubling up to 10 s.
+    pub retry_base: Duration,
+    /// How often a running Neon operation is polled (`poll_interval_ms`).
+    pub poll_interval: Duration,
+    /// Timeout of one HTTP request (`request_timeout_seconds`).
+    pub request_timeout: Duration,
 }
 
-fn default_neon_api_url() -> String {
-    "https://console.neon.tech/api/v2".into()
+impl TryFrom<RawNeonTarget> for NeonTargetConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(raw: RawNeonTarget) -> anyhow::Result<Self> {
+        neon("target", raw)
+    }
 }
-fn default_neon_key_env() -> String {
-    "NEON_API_KEY".into()
-}
-fn default_neon_database() -> String {
-    "neondb".into()
-}
-fn default_neon_max_environments() -> u32 {
-    25
-}
+
+const NEON_API_URL: &str = "https://console.neon.tech/api/v2";
+const NEON_KEY_ENV: &str = "NEON_API_KEY";
+const NEON_DATABASE: &str = "neondb";
+const NEON_MAX_ENVIRONMENTS: u32 = 25;
+const NEON_DEADLINE: Duration = Duration::from_secs(300);
+const NEON_RETRY_BASE: Duration = Duration::from_millis(250);
+const NEON_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Branch creation can exceed 10 s.
+const NEON_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `WAL_LOG` copies a template page by page through the write-ahead log: no checkpoint, but
 /// WAL as big as the template. `FILE_COPY` copies its files: two checkpoints whatever the size,
@@ -160,19 +162,44 @@ pub(super) fn resolve(
         let at = format!("targets.{name}");
         let target = match t {
             RawTarget::Postgres(raw) => TargetConfig::Postgres(postgres(&at, *raw)?),
-            RawTarget::Neon(n) => {
-                if n.project_id.is_empty() || n.parent_branch.is_empty() {
-                    bail!("{at}: project_id and parent_branch are required");
-                }
-                if let Some(d) = &n.deadline {
-                    Ttl::parse(d).map_err(|e| anyhow!("{at}.deadline: {}", e.reason))?;
-                }
-                TargetConfig::Neon(n)
-            }
+            RawTarget::Neon(raw) => TargetConfig::Neon(Box::new(neon(&at, *raw)?)),
         };
         targets.insert(name, target);
     }
     Ok(targets)
+}
+
+fn neon(at: &str, raw: RawNeonTarget) -> anyhow::Result<NeonTargetConfig> {
+    if raw.project_id.is_empty() || raw.parent_branch.is_empty() {
+        bail!("{at}: project_id and parent_branch are required");
+    }
+    Ok(NeonTargetConfig {
+        api_url: raw.api_url.unwrap_or_else(|| NEON_API_URL.into()),
+        api_key_env: raw.api_key_env.unwrap_or_else(|| NEON_KEY_ENV.into()),
+        api_key_file: raw.api_key_file,
+        project_id: raw.project_id,
+        parent_branch: raw.parent_branch,
+        database: raw.database.unwrap_or_else(|| NEON_DATABASE.into()),
+        autoscaling_limit_min_cu: raw.autoscaling_limit_min_cu,
+        autoscaling_limit_max_cu: raw.autoscaling_limit_max_cu,
+        suspend_timeout_seconds: raw.suspend_timeout_seconds,
+        pooled: raw.pooled.unwrap_or(false),
+        deadline: raw
+            .deadline
+            .map(|v| duration(&format!("{at}.deadline"), &v))
+            .transpose()?
+            .unwrap_or(NEON_DEADLINE),
+        max_environments: raw.max_environments.unwrap_or(NEON_MAX_ENVIRONMENTS),
+        retry_base: raw
+            .retry_base_ms
+            .map_or(NEON_RETRY_BASE, Duration::from_millis),
+        poll_interval: raw
+            .poll_interval_ms
+            .map_or(NEON_POLL_INTERVAL, Duration::from_millis),
+        request_timeout: raw
+            .request_timeout_seconds
+            .map_or(NEON_REQUEST_TIMEOUT, Duration::from_secs),
+    })
 }
 
 fn postgres(at: &str, raw: RawPostgresTarget) -> anyhow::Result<PostgresTargetConfig> {
@@ -210,4 +237,47 @@ fn postgres(at: &str, raw: RawPostgresTarget) -> anyhow::Result<PostgresTargetCo
             raw.file_copy_above,
         )?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neon_tuning_defaults_are_applied_here() {
+        let cfg: NeonTargetConfig =
+            toml::from_str("project_id = \"p\"\nparent_branch = \"main\"\n").unwrap();
+        assert_eq!(
+            (
+                cfg.deadline,
+                cfg.request_timeout,
+                cfg.retry_base,
+                cfg.poll_interval
+            ),
+            (
+                Duration::from_secs(300),
+                Duration::from_secs(30),
+                Duration::from_millis(250),
+                Duration::from_millis(500)
+            )
+        );
+        let cfg: NeonTargetConfig = toml::from_str(
+            "project_id = \"p\"\nparent_branch = \"main\"\ndeadline = \"3m\"\nretry_base_ms = 10\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (cfg.deadline, cfg.retry_base),
+            (Duration::from_secs(180), Duration::from_millis(10))
+        );
+    }
+
+    #[test]
+    fn a_bad_neon_deadline_names_its_key() {
+        let raw: BTreeMap<String, RawTarget> = toml::from_str(
+            "[n]\nkind = \"neon\"\nproject_id = \"p\"\nparent_branch = \"main\"\ndeadline = \"soon\"\n",
+        )
+        .unwrap();
+        let e = resolve(raw, None).unwrap_err().to_string();
+        assert!(e.starts_with("targets.n.deadline: "), "{e}");
+    }
 }

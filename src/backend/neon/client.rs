@@ -59,7 +59,8 @@ impl NeonError {
         }
     }
 
-    /// Neon's branch quota, whichever of the documented shapes it comes in.
+    /// Neon's branch quota, whichever of the documented shapes it comes in. Only one shape
+    /// carries a code; the others say it in their message alone, so the text is matched too.
     pub(super) fn is_branch_limit(&self) -> bool {
         match self {
             NeonError::Api {
@@ -207,105 +208,119 @@ impl NeonClient {
         body: Option<&Value>,
         deadline: Deadline,
     ) -> Result<Reply, NeonError> {
-        let call = format!("{method} {path}");
-        // One id for all attempts, so that Neon support can correlate the retries.
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let idempotent = method != Method::POST;
+        let req = Request {
+            call: format!("{method} {path}"),
+            // One id for all attempts, so that Neon support can correlate the retries.
+            request_id: uuid::Uuid::new_v4().to_string(),
+            idempotent: method != Method::POST,
+            method,
+            path,
+            query,
+            body,
+        };
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
             let remaining = deadline.remaining();
             if remaining.is_zero() {
                 return Err(NeonError::Unavailable {
-                    message: format!("Neon {call}: deadline reached before an answer"),
+                    message: format!("Neon {}: deadline reached before an answer", req.call),
                     retry_after: None,
                 });
             }
-            let mut req = self
-                .http
-                .request(method.clone(), format!("{}{path}", self.s.base_url))
-                .bearer_auth(self.key.expose())
-                .header("Accept", "application/json")
-                .header("X-Request-ID", &request_id)
-                .timeout(remaining.min(self.s.request_timeout))
-                .query(query);
-            if let Some(b) = body {
-                req = req.json(b);
-            }
-            let (why, retry_after) = match req.send().await {
-                Err(e) => {
-                    let text = self.redact(&e.to_string());
-                    tracing::debug!(%call, attempt, error = %text, "Neon request failed");
-                    // A POST that may have reached Neon is not repeated blindly; one that never
-                    // connected is.
-                    if !(idempotent || e.is_connect()) {
-                        return Err(NeonError::Unavailable {
-                            message: format!("Neon {call}: {text}"),
-                            retry_after: None,
-                        });
-                    }
-                    (text, None)
-                }
-                Ok(resp) => {
-                    let status = resp.status();
-                    let neon_id = header(&resp, "x-neon-ret-request-id");
-                    let retry_after = header(&resp, "retry-after")
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
-                    let text = resp.text().await.unwrap_or_default();
-                    tracing::debug!(%call, attempt, status = status.as_u16(), request_id = %request_id,
-                        neon_request_id = neon_id.as_deref().unwrap_or(""), "Neon answered");
-                    if status.is_success() {
-                        let body = if text.trim().is_empty() {
-                            Value::Null
-                        } else {
-                            serde_json::from_str(&text).map_err(|e| NeonError::Unavailable {
-                                message: format!("Neon {call}: answer is not JSON: {e}"),
-                                retry_after: None,
-                            })?
-                        };
-                        return Ok(Reply { body });
-                    }
-                    let (code, message, body_id) = parse_error(&text);
-                    let message = self.redact(&message);
-                    let transient = match status.as_u16() {
-                        423 | 429 | 503 | 524 => true,
-                        422 => message.to_ascii_lowercase().contains("not ready"),
-                        500 | 502 | 504 => idempotent,
-                        _ => false,
-                    };
-                    if !transient {
-                        if status.is_server_error() {
-                            return Err(NeonError::Unavailable {
-                                message: format!(
-                                    "Neon {call} answered {}: {message}",
-                                    status.as_u16()
-                                ),
-                                retry_after: None,
-                            });
-                        }
-                        return Err(NeonError::Api {
-                            status,
-                            code,
-                            message,
-                            request_id: body_id.or(neon_id),
-                            call,
-                        });
-                    }
-                    (format!("{} {message}", status.as_u16()), retry_after)
-                }
+            let (why, retry_after) = match self.attempt(&req, attempt, remaining).await {
+                Attempt::Over(result) => return result,
+                Attempt::Retry { why, retry_after } => (why, retry_after),
             };
-            let backoff = self.backoff(attempt);
-            let wait = retry_after.unwrap_or(backoff);
+            let wait = retry_after.unwrap_or_else(|| self.backoff(attempt));
             if wait >= deadline.remaining() {
                 return Err(NeonError::Unavailable {
-                    message: format!("Neon {call}: still failing after {attempt} attempts: {why}"),
+                    message: format!(
+                        "Neon {}: still failing after {attempt} attempts: {why}",
+                        req.call
+                    ),
                     retry_after,
                 });
             }
-            tracing::debug!(%call, attempt, wait_ms = wait.as_millis() as u64, "retrying Neon call");
+            tracing::debug!(call = %req.call, attempt, wait_ms = wait.as_millis() as u64, "retrying Neon call");
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// One try of `req`, given at most `remaining` to answer.
+    async fn attempt(&self, req: &Request<'_>, attempt: u32, remaining: Duration) -> Attempt {
+        let mut http = self
+            .http
+            .request(
+                req.method.clone(),
+                format!("{}{}", self.s.base_url, req.path),
+            )
+            .bearer_auth(self.key.expose())
+            .header("Accept", "application/json")
+            .header("X-Request-ID", &req.request_id)
+            .timeout(remaining.min(self.s.request_timeout))
+            .query(req.query);
+        if let Some(b) = req.body {
+            http = http.json(b);
+        }
+        match http.send().await {
+            Err(e) => self.not_sent(req, attempt, &e),
+            Ok(resp) => self.answered(req, attempt, resp).await,
+        }
+    }
+
+    /// A request that got no answer: retried, unless it is a POST that may have reached Neon
+    /// (one that never connected is retried too), which is not repeated blindly.
+    fn not_sent(&self, req: &Request<'_>, attempt: u32, e: &reqwest::Error) -> Attempt {
+        let text = self.redact(&e.to_string());
+        tracing::debug!(call = %req.call, attempt, error = %text, "Neon request failed");
+        if !(req.idempotent || e.is_connect()) {
+            return Attempt::Over(Err(NeonError::Unavailable {
+                message: format!("Neon {}: {text}", req.call),
+                retry_after: None,
+            }));
+        }
+        Attempt::Retry {
+            why: text,
+            retry_after: None,
+        }
+    }
+
+    /// Neon's answer: the reply, a transient refusal to retry, or the error it stands for.
+    async fn answered(&self, req: &Request<'_>, attempt: u32, resp: reqwest::Response) -> Attempt {
+        let status = resp.status();
+        let neon_id = header(&resp, "x-neon-ret-request-id");
+        let retry_after = header(&resp, "retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = resp.text().await.unwrap_or_default();
+        tracing::debug!(call = %req.call, attempt, status = status.as_u16(), request_id = %req.request_id,
+            neon_request_id = neon_id.as_deref().unwrap_or(""), "Neon answered");
+        if status.is_success() {
+            return Attempt::Over(success(&req.call, &text));
+        }
+        let (code, message, body_id) = parse_error(&text);
+        let message = self.redact(&message);
+        if transient(status, &message, req.idempotent) {
+            return Attempt::Retry {
+                why: format!("{} {message}", status.as_u16()),
+                retry_after,
+            };
+        }
+        Attempt::Over(Err(if status.is_server_error() {
+            NeonError::Unavailable {
+                message: format!("Neon {} answered {}: {message}", req.call, status.as_u16()),
+                retry_after: None,
+            }
+        } else {
+            NeonError::Api {
+                status,
+                code,
+                message,
+                request_id: body_id.or(neon_id),
+                call: req.call.clone(),
+            }
+        }))
     }
 
     /// Polls each operation until it is over; the first bad ending is the error.
@@ -377,6 +392,52 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
 /// Percent-encodes one path segment.
 pub(super) fn seg(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+/// One call as sent, the same on every attempt.
+struct Request<'a> {
+    /// `METHOD /path`, for log lines and error texts.
+    call: String,
+    request_id: String,
+    /// Whether a repeat cannot do the work twice: everything but POST.
+    idempotent: bool,
+    method: Method,
+    path: &'a str,
+    query: &'a [(&'a str, &'a str)],
+    body: Option<&'a Value>,
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Over(Result<Reply, NeonError>),
+    Retry {
+        why: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// Whether Neon's refusal may pass on its own. A 422 is transient only while something is "not
+/// ready": Neon gives that state no code of its own, so its message text is all there is.
+fn transient(status: StatusCode, message: &str, idempotent: bool) -> bool {
+    match status.as_u16() {
+        423 | 429 | 503 | 524 => true,
+        422 => message.to_ascii_lowercase().contains("not ready"),
+        500 | 502 | 504 => idempotent,
+        _ => false,
+    }
+}
+
+/// A successful answer's body; an empty one is `null`.
+fn success(call: &str, text: &str) -> Result<Reply, NeonError> {
+    let body = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(text).map_err(|e| NeonError::Unavailable {
+            message: format!("Neon {call}: answer is not JSON: {e}"),
+            retry_after: None,
+        })?
+    };
+    Ok(Reply { body })
 }
 
 fn header(resp: &reqwest::Response, name: &str) -> Option<String> {

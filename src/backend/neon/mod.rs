@@ -1,37 +1,36 @@
 //! Neon backend: an environment is a branch of a seeded parent branch, named after the
 //! environment key, reached through its own role — never the parent's inherited one.
+//!
+//! `mod.rs` is the `Backend` impl, deciding what to call; `api` holds the typed calls of Neon's
+//! API and `client` the transport beneath them (retries, operation polling, the deadline).
 
+mod api;
 mod client;
 
 use crate::backend::{
     object_name, Backend, BackendError, Capabilities, ProvisionRequest, Support, TargetHealth,
 };
 use crate::configuration::NeonTargetConfig;
-use crate::domain::{Connection, InvalidInput, Isolation, NeonResources, Resources, Secret, Ttl};
+use crate::domain::{Connection, InvalidInput, Isolation, NeonResources, Resources, Secret};
 use anyhow::{anyhow, bail, Context};
-use chrono::{DateTime, SecondsFormat, Utc};
-use client::{seg, ClientSettings, Deadline, NeonClient, NeonError, Reply};
-use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use api::{Created, Endpoint, Found, NeonApi, NewBranch};
+use chrono::{DateTime, Utc};
+use client::{ClientSettings, Deadline, NeonClient, NeonError};
+use reqwest::StatusCode;
 use std::time::Duration;
 
-/// Neon refuses `expires_at` more than 30 days ahead; the margin absorbs clock skew.
-const MAX_EXPIRY: chrono::Duration = chrono::Duration::days(30);
-const EXPIRY_MARGIN: chrono::Duration = chrono::Duration::hours(1);
-/// Annotation key that marks a branch as previewdb's, so only those are ever adopted or deleted.
-const MARK: &str = "previewdb";
+/// Backoff stops doubling here, whatever the configured first delay.
+const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Health checks must answer quickly even when the provisioning deadline is long.
 const HEALTH_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct NeonBackend {
     target: String,
-    client: NeonClient,
+    api: NeonApi,
     parent_branch: String,
     parent_id: tokio::sync::OnceCell<String>,
     database: String,
     pooled: bool,
-    /// The `read_write` endpoint every environment gets, as sent to Neon.
-    endpoint_spec: Value,
     deadline: Duration,
 }
 
@@ -39,34 +38,16 @@ impl std::fmt::Debug for NeonBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NeonBackend")
             .field("target", &self.target)
-            .field("client", &self.client)
+            .field("api", &self.api)
             .field("parent_branch", &self.parent_branch)
             .finish_non_exhaustive()
     }
 }
 
-/// A compute endpoint: where connections go.
-struct Endpoint {
-    id: String,
-    host: String,
-}
-
 /// Where an environment's branch came from: only one we created is ours to roll back.
 enum Origin {
-    Created {
-        id: String,
-        endpoint: Option<Endpoint>,
-        operations: Vec<String>,
-    },
+    Created(Created),
     Adopted(Found),
-}
-
-/// A branch found by exact name.
-struct Found {
-    id: String,
-    parent_id: Option<String>,
-    /// `None` when the listing carried no annotations at all, so ownership cannot be told.
-    marked: Option<bool>,
 }
 
 impl NeonBackend {
@@ -88,43 +69,26 @@ impl NeonBackend {
         if key.is_empty() {
             bail!("{at}: the Neon API key is empty");
         }
-        let deadline = match &cfg.deadline {
-            Some(d) => Ttl::parse(d)
-                .map_err(|e| anyhow!("{at}.deadline: {}", e.reason))?
-                .as_duration(),
-            None => Duration::from_secs(300),
-        };
         let client = NeonClient::new(
             Secret::new(key),
             ClientSettings {
                 base_url: cfg.api_url.clone(),
                 project_id: cfg.project_id.clone(),
-                request_timeout: Duration::from_secs(cfg.request_timeout_seconds.unwrap_or(30)),
-                retry_base: Duration::from_millis(cfg.retry_base_ms.unwrap_or(250)),
-                retry_max: Duration::from_secs(10),
-                poll_interval: Duration::from_millis(cfg.poll_interval_ms.unwrap_or(500)),
+                request_timeout: cfg.request_timeout,
+                retry_base: cfg.retry_base,
+                retry_max: RETRY_MAX,
+                poll_interval: cfg.poll_interval,
             },
         )
         .with_context(|| format!("{at}: building the HTTP client"))?;
-        let mut endpoint_spec = json!({ "type": "read_write" });
-        if let Some(v) = cfg.autoscaling_limit_min_cu {
-            endpoint_spec["autoscaling_limit_min_cu"] = json!(v);
-        }
-        if let Some(v) = cfg.autoscaling_limit_max_cu {
-            endpoint_spec["autoscaling_limit_max_cu"] = json!(v);
-        }
-        if let Some(v) = cfg.suspend_timeout_seconds {
-            endpoint_spec["suspend_timeout_seconds"] = json!(v);
-        }
         Ok(Self {
             target: target_name.to_owned(),
-            client,
+            api: NeonApi::new(client, cfg),
             parent_branch: cfg.parent_branch.clone(),
             parent_id: tokio::sync::OnceCell::new(),
             database: cfg.database.clone(),
             pooled: cfg.pooled,
-            endpoint_spec,
-            deadline,
+            deadline: cfg.deadline,
         })
     }
 
@@ -138,7 +102,7 @@ impl NeonBackend {
                 message: format!(
                     "Neon project {} (target {}) reached its branch limit: {}; delete stale branches \
                      or raise the plan's branch limit",
-                    self.client.project_id(),
+                    self.api.project_id(),
                     self.target,
                     e.message()
                 ),
@@ -156,19 +120,6 @@ impl NeonBackend {
         }
     }
 
-    /// Sends a call and waits for the operations it started.
-    async fn call_and_wait(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        dl: Deadline,
-    ) -> Result<Reply, NeonError> {
-        let reply = self.client.call(method, path, &[], body, dl).await?;
-        self.client.wait_operations(&reply.operations(), dl).await?;
-        Ok(reply)
-    }
-
     /// The parent branch's id: configured as `br-…`, or looked up once by exact name.
     async fn parent_id(&self, dl: Deadline) -> Result<String, BackendError> {
         let looks_like_id = self.parent_branch.starts_with("br-")
@@ -182,6 +133,7 @@ impl NeonBackend {
         self.parent_id
             .get_or_try_init(|| async {
                 match self
+                    .api
                     .find_branch(&self.parent_branch, dl)
                     .await
                     .map_err(|e| self.error(e))?
@@ -191,146 +143,12 @@ impl NeonBackend {
                         "target {}: parent branch {:?} not found in Neon project {}",
                         self.target,
                         self.parent_branch,
-                        self.client.project_id()
+                        self.api.project_id()
                     ))),
                 }
             })
             .await
             .cloned()
-    }
-
-    /// Finds a branch by exact name; Neon's `search` also matches substrings and ids.
-    async fn find_branch(&self, name: &str, dl: Deadline) -> Result<Option<Found>, NeonError> {
-        let path = self.client.project_path("/branches");
-        let mut cursor: Option<String> = None;
-        // A bound, so that a server repeating its cursor cannot keep us here.
-        for _ in 0..50 {
-            let mut query = vec![("search", name)];
-            if let Some(c) = &cursor {
-                query.push(("cursor", c));
-            }
-            let reply = self
-                .client
-                .call(Method::GET, &path, &query, None, dl)
-                .await?;
-            let branches = reply.body["branches"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            if let Some(b) = branches.iter().find(|b| b["name"].as_str() == Some(name)) {
-                let id = b["id"].as_str().unwrap_or_default().to_owned();
-                let annotations = reply.body.get("annotations").filter(|a| a.is_object());
-                let marked = annotations.map(|a| a[&id]["value"][MARK].as_str() == Some("true"));
-                return Ok(Some(Found {
-                    id,
-                    parent_id: b["parent_id"].as_str().map(str::to_owned),
-                    marked,
-                }));
-            }
-            let next = reply.body["pagination"]["next"].as_str().map(str::to_owned);
-            if branches.is_empty() || next.is_none() || next == cursor {
-                break;
-            }
-            cursor = next;
-        }
-        Ok(None)
-    }
-
-    /// Whether a branch found by name may be taken over (or deleted) by this target.
-    fn owned(&self, b: &Found, parent_id: &str) -> bool {
-        b.marked != Some(false) && b.parent_id.as_deref() == Some(parent_id)
-    }
-
-    /// The branch's `read_write` endpoint, created when the branch has none.
-    async fn endpoint_of(&self, branch_id: &str, dl: Deadline) -> Result<Endpoint, NeonError> {
-        let path = self
-            .client
-            .project_path(&format!("/branches/{}/endpoints", seg(branch_id)));
-        let reply = self.client.call(Method::GET, &path, &[], None, dl).await?;
-        let existing = reply.body["endpoints"]
-            .as_array()
-            .and_then(|eps| eps.iter().find(|e| e["type"] == "read_write"))
-            .and_then(endpoint);
-        if let Some(ep) = existing {
-            return Ok(ep);
-        }
-        let mut spec = self.endpoint_spec.clone();
-        spec["branch_id"] = json!(branch_id);
-        let body = json!({ "endpoint": spec });
-        let reply = self
-            .call_and_wait(
-                Method::POST,
-                &self.client.project_path("/endpoints"),
-                Some(&body),
-                dl,
-            )
-            .await?;
-        endpoint(&reply.body["endpoint"])
-            .ok_or_else(|| malformed("endpoint create", "endpoint.id/host"))
-    }
-
-    /// Creates the environment's own role, or — on a branch adopted from an earlier attempt
-    /// where it already exists — gives it a new password that only this attempt knows.
-    async fn own_role(
-        &self,
-        branch_id: &str,
-        role: &str,
-        dl: Deadline,
-    ) -> Result<Secret, NeonError> {
-        let roles = self
-            .client
-            .project_path(&format!("/branches/{}/roles", seg(branch_id)));
-        let body = json!({ "role": { "name": role } });
-        let reply = match self
-            .call_and_wait(Method::POST, &roles, Some(&body), dl)
-            .await
-        {
-            Err(e) if e.status() == Some(StatusCode::CONFLICT) => {
-                self.reset_password(branch_id, role, dl).await?
-            }
-            other => other?,
-        };
-        password(&reply).ok_or_else(|| malformed("role create", "role.password"))
-    }
-
-    async fn reset_password(
-        &self,
-        branch_id: &str,
-        role: &str,
-        dl: Deadline,
-    ) -> Result<Reply, NeonError> {
-        let path = self.client.project_path(&format!(
-            "/branches/{}/roles/{}/reset_password",
-            seg(branch_id),
-            seg(role)
-        ));
-        self.call_and_wait(Method::POST, &path, None, dl).await
-    }
-
-    /// Deletes a branch and waits until it is gone; answers that say it is already gone count.
-    async fn delete_branch(&self, branch_id: &str, dl: Deadline) -> Result<(), NeonError> {
-        let path = self
-            .client
-            .project_path(&format!("/branches/{}", seg(branch_id)));
-        match self.call_and_wait(Method::DELETE, &path, None, dl).await {
-            Err(e) if gone(&e) => Ok(()),
-            other => other.map(drop),
-        }
-    }
-
-    async fn set_expiry(
-        &self,
-        branch_id: &str,
-        expires_at: DateTime<Utc>,
-        dl: Deadline,
-    ) -> Result<(), NeonError> {
-        let path = self
-            .client
-            .project_path(&format!("/branches/{}", seg(branch_id)));
-        let body = json!({ "branch": { "expires_at": neon_expiry(expires_at) } });
-        self.call_and_wait(Method::PATCH, &path, Some(&body), dl)
-            .await
-            .map(drop)
     }
 
     fn connection(&self, endpoint_host: &str, role: &str, password: Secret) -> Connection {
@@ -362,22 +180,22 @@ impl NeonBackend {
     ) -> Result<Connection, NeonError> {
         let endpoint = match created {
             Some((endpoint, operations)) => {
-                self.client.wait_operations(&operations, dl).await?;
+                self.api.wait_operations(&operations, dl).await?;
                 endpoint
             }
             None => {
                 // An earlier life of the key may have left an earlier expiry on the branch.
-                self.set_expiry(branch_id, req.expires_at, dl).await?;
+                self.api.set_expiry(branch_id, req.expires_at, dl).await?;
                 None
             }
         };
         let endpoint = match endpoint {
             Some(ep) => ep,
-            None => self.endpoint_of(branch_id, dl).await?,
+            None => self.api.endpoint_of(branch_id, dl).await?,
         };
         resources.endpoint_id = Some(endpoint.id);
         resources.endpoint_host = Some(endpoint.host.clone());
-        let password = self.own_role(branch_id, role, dl).await?;
+        let password = self.api.own_role(branch_id, role, dl).await?;
         Ok(self.connection(&endpoint.host, role, password))
     }
 
@@ -390,41 +208,26 @@ impl NeonBackend {
         dl: Deadline,
     ) -> Result<Origin, BackendError> {
         let found = self
+            .api
             .find_branch(name, dl)
             .await
             .map_err(|e| self.error(e))?;
         if let Some(b) = found {
             return Ok(Origin::Adopted(b));
         }
-        let body = json!({
-            "branch": { "parent_id": parent, "name": name, "expires_at": neon_expiry(req.expires_at) },
-            "endpoints": [self.endpoint_spec],
-            "annotation_value": { MARK: "true", "previewdb_env_id": req.id.to_string(),
-                                  "previewdb_target": self.target },
-        });
-        let path = self.client.project_path("/branches");
-        match self
-            .client
-            .call(Method::POST, &path, &[], Some(&body), dl)
-            .await
-        {
-            Ok(reply) => {
-                let Some(id) = reply.body["branch"]["id"].as_str().map(str::to_owned) else {
-                    return Err(self.error(malformed("branch create", "branch.id")));
-                };
-                let endpoint = reply.body["endpoints"]
-                    .as_array()
-                    .and_then(|eps| eps.iter().find(|e| e["type"] == "read_write"))
-                    .and_then(endpoint);
-                Ok(Origin::Created {
-                    id,
-                    endpoint,
-                    operations: reply.operations(),
-                })
-            }
+        let new = NewBranch {
+            name,
+            parent_id: parent,
+            expires_at: req.expires_at,
+            env_id: req.id,
+            target: &self.target,
+        };
+        match self.api.create_branch(&new, dl).await {
+            Ok(created) => Ok(Origin::Created(created)),
             // A rerun racing its own earlier attempt: the branch appeared since the search.
             Err(e) if e.status() == Some(StatusCode::CONFLICT) && !e.is_branch_limit() => {
                 match self
+                    .api
                     .find_branch(name, dl)
                     .await
                     .map_err(|e| self.error(e))?
@@ -441,7 +244,7 @@ impl NeonBackend {
         BackendError::failed(format!(
             "Neon project {} already has a branch named {name:?} ({}) that previewdb did not make from \
              the parent branch; rename or delete it",
-            self.client.project_id(),
+            self.api.project_id(),
             b.id
         ))
     }
@@ -456,6 +259,7 @@ impl NeonBackend {
             return Ok(Some(id.clone()));
         }
         let Some(found) = self
+            .api
             .find_branch(&resources.branch_name, dl)
             .await
             .map_err(|e| self.error(e))?
@@ -466,7 +270,7 @@ impl NeonBackend {
             Some(p) => p.clone(),
             None => self.parent_id(dl).await?,
         };
-        if self.owned(&found, &parent) {
+        if found.ours(&parent) {
             Ok(Some(found.id))
         } else {
             tracing::warn!(target_name = %self.target, branch_id = %found.id,
@@ -520,7 +324,7 @@ impl Backend for NeonBackend {
         Ok(Resources::Neon(NeonResources {
             branch_name: req.key.as_str().to_owned(),
             role: object_name(&req.key, "neon").as_str().to_owned(),
-            project_id: self.client.project_id().to_owned(),
+            project_id: self.api.project_id().to_owned(),
             parent_id: None,
             branch_id: None,
             endpoint_id: None,
@@ -539,16 +343,16 @@ impl Backend for NeonBackend {
         resources.parent_id = Some(parent.clone());
         let name = resources.branch_name.clone();
         let (branch_id, created) = match self.create_or_find(req, &name, &parent, dl).await? {
-            Origin::Created {
+            Origin::Created(Created {
                 id,
                 endpoint,
                 operations,
-            } => {
+            }) => {
                 tracing::info!(target_name = %self.target, branch_id = %id, env_id = %req.id, "created Neon branch");
                 (id, Some((endpoint, operations)))
             }
             Origin::Adopted(b) => {
-                if !self.owned(&b, &parent) {
+                if !b.ours(&parent) {
                     return Err(self.refuse_foreign(&name, &b));
                 }
                 tracing::info!(target_name = %self.target, branch_id = %b.id, env_id = %req.id, "adopting Neon branch");
@@ -566,7 +370,7 @@ impl Backend for NeonBackend {
             Err(e) => {
                 if we_created {
                     // A fresh deadline: the original may be what just ran out.
-                    match self.delete_branch(&branch_id, self.deadline()).await {
+                    match self.api.delete_branch(&branch_id, self.deadline()).await {
                         Ok(()) => resources.branch_id = None,
                         Err(cleanup) => {
                             tracing::warn!(target_name = %self.target, branch_id = %branch_id,
@@ -594,24 +398,17 @@ impl Backend for NeonBackend {
         let Some(branch_id) = self.recorded_branch(resources, dl).await? else {
             return Ok(());
         };
-        {
-            let path = self.client.project_path(&format!(
-                "/branches/{}/roles/{}",
-                seg(&branch_id),
-                seg(&resources.role)
-            ));
-            match self.call_and_wait(Method::DELETE, &path, None, dl).await {
-                Ok(_) => {}
-                Err(e) if gone(&e) => {}
-                Err(e @ NeonError::Unavailable { .. }) => return Err(self.error(e)),
-                // Deleting the branch below takes the role with it; that must not be blocked.
-                Err(e) => {
-                    tracing::warn!(target_name = %self.target, branch_id = %branch_id, error = %e,
-                    "could not delete the environment's role; deleting its branch anyway")
-                }
+        match self.api.delete_role(&branch_id, &resources.role, dl).await {
+            Ok(()) => {}
+            Err(e @ NeonError::Unavailable { .. }) => return Err(self.error(e)),
+            // Deleting the branch below takes the role with it; that must not be blocked.
+            Err(e) => {
+                tracing::warn!(target_name = %self.target, branch_id = %branch_id, error = %e,
+                "could not delete the environment's role; deleting its branch anyway")
             }
         }
-        self.delete_branch(&branch_id, dl)
+        self.api
+            .delete_branch(&branch_id, dl)
             .await
             .map_err(|e| self.error(e))
     }
@@ -624,7 +421,8 @@ impl Backend for NeonBackend {
         let Some(branch_id) = &resources.neon()?.branch_id else {
             return Err(no_branch());
         };
-        self.set_expiry(branch_id, expires_at, self.deadline())
+        self.api
+            .set_expiry(branch_id, expires_at, self.deadline())
             .await
             .map_err(|e| self.error(e))
     }
@@ -635,13 +433,11 @@ impl Backend for NeonBackend {
         _expires_at: DateTime<Utc>,
     ) -> Result<Connection, BackendError> {
         let (branch_id, role, host) = self.live(resources)?;
-        // Waiting for the operation is what makes the old password stop working.
-        let reply = self
-            .reset_password(branch_id, role, self.deadline())
+        let password = self
+            .api
+            .new_password(branch_id, role, self.deadline())
             .await
             .map_err(|e| self.error(e))?;
-        let password = password(&reply)
-            .ok_or_else(|| self.error(malformed("reset_password", "role.password")))?;
         Ok(self.connection(host, role, password))
     }
 
@@ -658,25 +454,18 @@ impl Backend for NeonBackend {
             Some(p) => p.clone(),
             None => self.parent_id(dl).await?,
         };
-        let path = self
-            .client
-            .project_path(&format!("/branches/{}/restore", seg(branch_id)));
-        let body = json!({ "source_branch_id": parent });
-        self.call_and_wait(Method::POST, &path, Some(&body), dl)
+        self.api
+            .restore(branch_id, &parent, dl)
             .await
-            .map(drop)
             .map_err(|e| self.error(e))
     }
 
     async fn health(&self) -> TargetHealth {
         let dl = Deadline::after(self.deadline.min(HEALTH_DEADLINE));
-        let path = self.client.project_path("");
-        match self.client.call(Method::GET, &path, &[], None, dl).await {
-            Ok(reply) => TargetHealth {
+        match self.api.pg_version(dl).await {
+            Ok(version) => TargetHealth {
                 healthy: true,
-                server_version: reply.body["project"]["pg_version"]
-                    .as_i64()
-                    .map(|v| format!("PostgreSQL {v} (Neon)")),
+                server_version: version.map(|v| format!("PostgreSQL {v} (Neon)")),
                 error: None,
             },
             Err(e) => TargetHealth {
@@ -692,44 +481,6 @@ impl Backend for NeonBackend {
 /// caller's request.
 fn no_branch() -> BackendError {
     BackendError::failed("the environment has no provisioned Neon branch")
-}
-
-/// Neon's answers that mean "already gone" for a delete.
-fn gone(e: &NeonError) -> bool {
-    match e.status().map(|s| s.as_u16()) {
-        Some(404) => true,
-        Some(422) => e.message().to_ascii_lowercase().contains("not found"),
-        _ => false,
-    }
-}
-
-fn endpoint(v: &Value) -> Option<Endpoint> {
-    Some(Endpoint {
-        id: v["id"].as_str()?.to_owned(),
-        host: v["host"].as_str()?.to_owned(),
-    })
-}
-
-fn password(reply: &Reply) -> Option<Secret> {
-    reply.body["role"]["password"]
-        .as_str()
-        .filter(|p| !p.is_empty())
-        .map(Secret::new)
-}
-
-fn malformed(call: &str, field: &str) -> NeonError {
-    NeonError::Unavailable {
-        message: format!("Neon {call}: answer lacks {field}"),
-        retry_after: None,
-    }
-}
-
-/// `expires_at` as Neon takes it: RFC 3339, no further ahead than Neon allows.
-fn neon_expiry(expires_at: DateTime<Utc>) -> String {
-    let cap = Utc::now() + MAX_EXPIRY - EXPIRY_MARGIN;
-    expires_at
-        .min(cap)
-        .to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 /// `ep-x.region.aws.neon.tech` → `ep-x-pooler.region.aws.neon.tech`.
@@ -750,34 +501,5 @@ mod tests {
             pooler_host("ep-cool-1.us-east-2.aws.neon.tech"),
             "ep-cool-1-pooler.us-east-2.aws.neon.tech"
         );
-    }
-
-    #[test]
-    fn expiry_is_capped_below_thirty_days() {
-        let far =
-            DateTime::parse_from_rfc3339(&neon_expiry(Utc::now() + chrono::Duration::days(60)))
-                .unwrap()
-                .with_timezone(&Utc);
-        assert!(far <= Utc::now() + MAX_EXPIRY && far > Utc::now() + chrono::Duration::days(29));
-        let near = Utc::now() + chrono::Duration::hours(2);
-        assert_eq!(
-            neon_expiry(near),
-            near.to_rfc3339_opts(SecondsFormat::Secs, true)
-        );
-    }
-
-    #[test]
-    fn delete_answers_that_mean_gone() {
-        let api = |status: u16, message: &str| NeonError::Api {
-            status: StatusCode::from_u16(status).unwrap(),
-            code: String::new(),
-            message: message.into(),
-            request_id: None,
-            call: "DELETE /x".into(),
-        };
-        assert!(gone(&api(404, "")));
-        assert!(gone(&api(422, "branch not found")));
-        assert!(!gone(&api(422, "cannot delete branch with children")));
-        assert!(!gone(&api(400, "not found")));
     }
 }
