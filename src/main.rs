@@ -1,3 +1,6 @@
+//! The `previewdb` binary: `serve` a configuration, run the embedded default (`dev`), hash a
+//! token for the configuration, or act as the `env` client of a running service.
+
 use clap::{Parser, Subcommand};
 use previewdb::configuration::Config;
 use previewdb::dev::{self, DevOptions};
