@@ -41,6 +41,25 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* The server image: repository@digest when image.digest is set, else repository:tag. */}}
+{{- define "previewdb.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion | toString) }}
+{{- end }}
+{{- end }}
+
+{{/* Label matchers picking this release's series in PromQL (prometheusRule.selector). */}}
+{{- define "previewdb.promSelector" -}}
+{{- .Values.prometheusRule.selector | default (printf "namespace=%q, job=%q" .Release.Namespace (include "previewdb.fullname" .)) }}
+{{- end }}
+
+{{/* Labels of the chart's own client pods (sweep CronJob, helm test), let through the NetworkPolicy. */}}
+{{- define "previewdb.clientLabel" -}}
+app.kubernetes.io/part-of: {{ include "previewdb.fullname" . }}-clients
+{{- end }}
+
 {{/* Name of the Secret handed to the container via envFrom, or "" when there is none. */}}
 {{- define "previewdb.secretName" -}}
 {{- if .Values.secrets.existingSecret }}
