@@ -680,3 +680,371 @@ async fn action_retries_503_as_retry_after_says_within_its_timeout() {
     assert_eq!(run.code, 6, "{}", run.stderr);
     assert!(run.stderr.contains("retrying"), "{}", run.stderr);
 }
+
+// --- the examples' shell ----------------------------------------------------------------------
+
+fn example(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+fn indent(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+/// The lines after `lines[at]` indented deeper than it (blank ones kept), dedented: the body of
+/// a YAML block (`run: |`, `- |`, `env:`).
+fn block_below(lines: &[&str], at: usize) -> Vec<String> {
+    let own = indent(lines[at]);
+    let body: Vec<&str> = lines[at + 1..]
+        .iter()
+        .take_while(|l| l.trim().is_empty() || indent(l) > own)
+        .copied()
+        .collect();
+    let strip = body
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| indent(l))
+        .min()
+        .unwrap_or(0);
+    body.iter()
+        .map(|l| l.get(strip..).unwrap_or("").to_owned())
+        .collect()
+}
+
+/// The first line at or after `from` whose text (indentation stripped) is `text`.
+fn find_line(lines: &[&str], from: usize, text: &str) -> usize {
+    from + lines[from..]
+        .iter()
+        .position(|l| l.trim() == text)
+        .unwrap_or_else(|| panic!("no line {text:?}"))
+}
+
+/// `KEY: value` lines of a YAML mapping block, quotes removed.
+fn mapping(block: &[String]) -> Vec<(String, String)> {
+    block
+        .iter()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with(' '))
+        .map(|l| {
+            let (k, v) = l.split_once(':').expect("key: value");
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            (k.trim().to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// `$NAME` and `${NAME}` replaced from `vars`, as GitLab expands job variables.
+fn expand(value: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (name, tail) = if let Some(braced) = after.strip_prefix('{') {
+            let end = braced.find('}').expect("closing brace");
+            (&braced[..end], &braced[end + 1..])
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        out.push_str(vars.get(name).map(String::as_str).unwrap_or(""));
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Runs a step's shell as the runner would (`bash -eo pipefail`) in `cwd` with `vars`.
+async fn run_shell(
+    body: &str,
+    vars: &BTreeMap<String, String>,
+    cwd: &Path,
+) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.args(["--noprofile", "--norc", "-eo", "pipefail", "-c", body])
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "HOME",
+            std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()),
+        )
+        .envs(vars);
+    let output = tokio::time::timeout(Duration::from_secs(180), cmd.output())
+        .await
+        .expect("the step finishes")
+        .expect("bash runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A checkout of an app: blueprint `app` built from its first two plain migrations (as the
+/// service would be configured from the main branch), and a pull request adding a third; the
+/// examples' migration runner at scripts/psql-migrate.sh.
+async fn app_checkout() -> (TestApp, tempfile::TempDir) {
+    let work = temp_dir();
+    let base = work.path().join("base-migrations");
+    let mine = work.path().join("db/migrations");
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::create_dir_all(work.path().join("scripts")).unwrap();
+    let files = [
+        (
+            "001_customers.sql",
+            "CREATE TABLE customers (id int PRIMARY KEY, name text);\n",
+        ),
+        (
+            "002_seed.sql",
+            "INSERT INTO customers VALUES (1, 'Ada'), (2, 'Grace');\n",
+        ),
+    ];
+    for (name, sql) in files {
+        std::fs::write(base.join(name), sql).unwrap();
+        std::fs::write(mine.join(name), sql).unwrap();
+    }
+    std::fs::write(
+        mine.join("003_invoices.sql"),
+        "CREATE TABLE invoices (id int, customer int REFERENCES customers);\n\
+         INSERT INTO invoices SELECT id, id FROM customers;\n",
+    )
+    .unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/psql-migrate.sh"),
+        work.path().join("scripts/psql-migrate.sh"),
+    )
+    .unwrap();
+    let toml = work.path().join("blueprints.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[blueprints.app]\nmigrations = {:?}\nmigrations_format = \"plain\"\npool_size = 0\n",
+            base.display().to_string()
+        ),
+    )
+    .unwrap();
+    let cluster = cluster().await;
+    let mut config = cluster.config.clone();
+    config.merge_file(&toml).expect("blueprint config");
+    (TestApp::spawn_with(cluster, config).await, work)
+}
+
+async fn invoices(url: &str) -> i64 {
+    let client = connect(url).await.expect("login");
+    client
+        .query_one("SELECT count(*) FROM invoices", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// examples/github-actions/preview-db.yml: every `with:` is an input of action.yml, and the
+/// migration-test job's shell, after the action's create, migrates the handed-out database.
+#[tokio::test]
+async fn github_example_workflow_migration_test_runs() {
+    let workflow = example("examples/github-actions/preview-db.yml");
+    let action = example("action.yml");
+    let action_lines: Vec<&str> = action.lines().collect();
+    let inputs: Vec<String> = mapping(&block_below(
+        &action_lines,
+        find_line(&action_lines, 0, "inputs:"),
+    ))
+    .into_iter()
+    .map(|(k, _)| k)
+    .collect();
+    let lines: Vec<&str> = workflow.lines().collect();
+    let mut withs = 0;
+    for (i, l) in lines.iter().enumerate() {
+        if l.trim() == "with:" {
+            for (k, _) in mapping(&block_below(&lines, i)) {
+                assert!(
+                    inputs.contains(&k),
+                    "input {k} is not in action.yml: {inputs:?}"
+                );
+                withs += 1;
+            }
+        }
+    }
+    assert!(withs >= 10, "{withs}");
+    assert!(workflow.contains("types: [opened, synchronize, reopened, closed]"));
+
+    let (app, work) = app_checkout().await;
+    let runner = Runner::new(
+        json!({ "action": "synchronize", "number": 5, "pull_request": { "number": 5 } }),
+    );
+    // The migration-test job's create step, as action.yml maps its inputs.
+    let create = runner
+        .run(
+            "create",
+            &[
+                ("PREVIEWDB_URL", app.base.as_str()),
+                ("PREVIEWDB_TOKEN", ADMIN_TOKEN),
+                (
+                    "PREVIEWDB_KEY",
+                    &format!("{}#5/migrations/1-1", runner.repository),
+                ),
+                ("PREVIEWDB_BLUEPRINT", "app"),
+                ("PREVIEWDB_TTL", "2h"),
+                ("PREVIEWDB_EXPORT_ENV", "true"),
+            ],
+        )
+        .await;
+    create.assert_ok();
+
+    let step = find_line(&lines, 0, "- name: Run the pull request's migrations");
+    let section = block_below(&lines, step);
+    let section: Vec<&str> = section.iter().map(String::as_str).collect();
+    let mut vars: BTreeMap<String, String> = create.env.clone();
+    vars.extend(mapping(&block_below(
+        &section,
+        find_line(&section, 0, "env:"),
+    )));
+    let body = block_below(&section, find_line(&section, 0, "run: |")).join("\n");
+    let (code, stdout, stderr) = run_shell(&body, &vars, work.path()).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // The blueprint's two were there already: only the pull request's third ran.
+    assert!(stdout.contains("applying 003_invoices.sql"), "{stdout}");
+    assert!(!stdout.contains("applying 001"), "{stdout}");
+    assert!(stdout.contains("3 migrations recorded"), "{stdout}");
+    assert_eq!(invoices(create.out("db_url")).await, 2);
+
+    // Run again (a re-run of the job on the same database): nothing to do.
+    let (code, stdout, stderr) = run_shell(&body, &vars, work.path()).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("0 applied"), "{stdout}");
+    // A migration edited after it ran is refused.
+    std::fs::write(
+        work.path().join("db/migrations/003_invoices.sql"),
+        "SELECT 1;\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run_shell(&body, &vars, work.path()).await;
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("applied before with other contents"),
+        "{stderr}"
+    );
+}
+
+/// The lines of GitLab job `job`.
+fn gitlab_job<'a>(lines: &[&'a str], job: &str) -> Vec<&'a str> {
+    let at = lines
+        .iter()
+        .position(|l| *l == format!("{job}:"))
+        .unwrap_or_else(|| panic!("no job {job}"));
+    std::iter::once(lines[at])
+        .chain(
+            lines[at + 1..]
+                .iter()
+                .take_while(|l| l.trim().is_empty() || l.starts_with(' '))
+                .copied(),
+        )
+        .collect()
+}
+
+/// Runs a GitLab job's `script` (or `after_script`) with its `variables` expanded over `ci`.
+async fn run_gitlab(
+    lines: &[&str],
+    job: &str,
+    part: &str,
+    ci: &BTreeMap<String, String>,
+    cwd: &Path,
+) -> (i32, String, String) {
+    let job_lines = gitlab_job(lines, job);
+    let mut vars = ci.clone();
+    if let Some(at) = job_lines.iter().position(|l| l.trim() == "variables:") {
+        for (k, v) in mapping(&block_below(&job_lines, at)) {
+            let v = expand(&v, &vars);
+            vars.insert(k, v);
+        }
+    }
+    let at = find_line(&job_lines, 0, &format!("{part}:"));
+    let item = find_line(&job_lines, at, "- |");
+    let body = block_below(&job_lines, item).join("\n");
+    run_shell(&body, &vars, cwd).await
+}
+
+/// examples/gitlab-ci/.gitlab-ci.yml: its jobs' shell, with the script in place of its
+/// download, against the service: the review database with its dotenv, the migration test that
+/// migrates and drops its own database, and the stop job.
+#[tokio::test]
+async fn gitlab_example_jobs_run() {
+    let text = example("examples/gitlab-ci/.gitlab-ci.yml");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(text.contains("dotenv: previewdb.env"));
+    let (app, work) = app_checkout().await;
+    let project = format!(
+        "group/app-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let ci: BTreeMap<String, String> = [
+        ("GITLAB_CI", "true".to_owned()),
+        ("CI_PROJECT_PATH", project.clone()),
+        ("CI_MERGE_REQUEST_IID", "17".into()),
+        ("CI_JOB_ID", "9001".into()),
+        ("PREVIEWDB_URL", app.base.clone()),
+        ("PREVIEWDB_TOKEN", ADMIN_TOKEN.into()),
+        ("PREVIEWDB_SH", script().display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+
+    let (code, stdout, stderr) = run_gitlab(&lines, "preview-db", "script", &ci, work.path()).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let dotenv = std::fs::read_to_string(work.path().join("previewdb.env")).unwrap();
+    let vals: BTreeMap<&str, &str> = dotenv.lines().filter_map(|l| l.split_once('=')).collect();
+    assert!(!stdout.contains(vals["PREVIEWDB_DB_PASSWORD"]));
+    assert!(!stderr.contains(vals["PREVIEWDB_DB_PASSWORD"]));
+    // The review database holds the blueprint and the merge request's migration.
+    assert_eq!(invoices(vals["PREVIEWDB_DB_URL"]).await, 2);
+    let (status, env) = app.get(&env_path(&format!("{project}!17"))).await;
+    assert!(status.is_success(), "{status} {env}");
+    assert_eq!(env["labels"]["mr"], "17");
+    assert_eq!(env["blueprint"], "app");
+
+    // The migration test: its own database, migrated by the app's tool, dropped afterwards.
+    let (code, stdout, stderr) =
+        run_gitlab(&lines, "migration-test", "script", &ci, work.path()).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("applying 003_invoices.sql"), "{stdout}");
+    let mt = std::fs::read_to_string(work.path().join("migration-db.env")).unwrap();
+    let mt_url = mt
+        .lines()
+        .find_map(|l| l.strip_prefix("PREVIEWDB_DB_URL="))
+        .unwrap()
+        .to_owned();
+    assert_ne!(mt_url, vals["PREVIEWDB_DB_URL"]);
+    assert_eq!(invoices(&mt_url).await, 2);
+    let (status, env) = app
+        .get(&env_path(&format!("{project}!17/migrations/9001")))
+        .await;
+    assert_eq!(
+        (status.as_u16(), env["state"].as_str()),
+        (200, Some("ready"))
+    );
+    let (code, stdout, stderr) =
+        run_gitlab(&lines, "migration-test", "after_script", &ci, work.path()).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        connect(&mt_url).await.is_err(),
+        "the migration test's database is gone"
+    );
+
+    // The merge request closes: the stop job.
+    let (code, stdout, stderr) =
+        run_gitlab(&lines, "preview-db-stop", "script", &ci, work.path()).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("deleted"), "{stdout}");
+    assert!(connect(vals["PREVIEWDB_DB_URL"]).await.is_err());
+    // Again, as after auto_stop_in: still fine.
+    let (code, _, stderr) = run_gitlab(&lines, "preview-db-stop", "script", &ci, work.path()).await;
+    assert_eq!(code, 0, "{stderr}");
+}
