@@ -81,6 +81,16 @@ truthy() {
   esac
 }
 
+# Settings checked before anything is asked of the service.
+for flag in "PREVIEWDB_EXPORT_ENV:export-env:false" "PREVIEWDB_REVEAL:reveal:true" "PREVIEWDB_WAIT:wait:false"; do
+  IFS=: read -r var input default <<<"$flag"
+  truthy "${!var:-$default}" "$input" || true
+done
+case "${PREVIEWDB_ON_CONFLICT:-fail}" in
+  fail | recreate) ;;
+  *) fail 2 "on-conflict must be fail or recreate, not \"${PREVIEWDB_ON_CONFLICT}\"" ;;
+esac
+
 # --- the key ------------------------------------------------------------------------------------
 key="${PREVIEWDB_KEY:-}"
 if [ -z "$key" ]; then

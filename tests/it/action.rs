@@ -354,6 +354,21 @@ async fn action_key_needs_a_pull_request_and_a_valid_timeout() {
 
     let run = runner.run("rotate", &vars).await;
     assert_eq!(run.code, 2, "{}", run.stderr);
+
+    // Bad settings fail before any request: nothing is created.
+    for (var, value, named) in [
+        ("PREVIEWDB_EXPORT_ENV", "maybe", "export-env"),
+        ("PREVIEWDB_ON_CONFLICT", "ignore", "on-conflict"),
+        ("PREVIEWDB_LABELS", "team", "labels"),
+    ] {
+        let mut bad = vars.to_vec();
+        bad.extend([("PREVIEWDB_KEY", "acme/bad-settings#1"), (var, value)]);
+        let run = runner.run("create", &bad).await;
+        assert_eq!(run.code, 2, "{var}: {}", run.stderr);
+        assert!(run.stderr.contains(named), "{}", run.stderr);
+    }
+    let (status, _) = app.get(&env_path("acme/bad-settings#1")).await;
+    assert_eq!(status, 404);
 }
 
 #[tokio::test]
