@@ -6,6 +6,7 @@
 // starts (kill, atexit, geteuid through libc).
 #![allow(unreachable_pub, unsafe_code)]
 
+mod action;
 mod api;
 mod blueprints;
 mod edges;
