@@ -45,7 +45,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Client commands for pipelines (exit codes: see README, "CLI for pipelines").
-    Env(previewdb::cli::EnvArgs),
+    Env(Box<previewdb::cli::EnvArgs>),
     /// Print the completion script of a shell (bash, zsh, fish, …) to stdout.
     Completion { shell: clap_complete::Shell },
     /// Print the SHA-256 of a token, as `[[tokens]] sha256` wants it.
@@ -61,7 +61,7 @@ fn main() -> std::process::ExitCode {
             data_dir,
             config,
         } => exit_service(runtime().block_on(run_dev(listen, data_dir, config))),
-        Command::Env(args) => exit_with(runtime().block_on(previewdb::cli::run(args))),
+        Command::Env(args) => exit_with(runtime().block_on(previewdb::cli::run(*args))),
         Command::Completion { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "previewdb", &mut script);

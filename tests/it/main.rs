@@ -8,6 +8,7 @@
 
 mod api;
 mod blueprints;
+mod cli;
 mod edges;
 mod metrics;
 mod neon_api;
