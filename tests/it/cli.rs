@@ -739,3 +739,149 @@ async fn a_closed_pipe_ends_the_output_quietly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn example(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/kubernetes")
+        .join(name)
+}
+
+#[tokio::test]
+async fn kubernetes_hook_pipes_a_secret_into_kubectl() {
+    let app = TestApp::spawn().await;
+    // kubectl needs a cluster, which this machine has not: a stand-in on PATH records what
+    // the script hands it (its arguments and stdin); the Secret it got is then checked here.
+    let shim = temp_dir();
+    let kubectl = shim.path().join("kubectl");
+    std::fs::write(
+        &kubectl,
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" >\"$SHIM_DIR/args\"\ncat >\"$SHIM_DIR/stdin\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &kubectl,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}:/usr/bin:/bin",
+        shim.path().display(),
+        bin_dir.display()
+    );
+    let run_script = |env: Vec<(&'static str, String)>| {
+        let mut cmd = tokio::process::Command::new("bash");
+        cmd.arg(example("previewdb-secret.sh"))
+            .env_clear()
+            .env("PATH", &path)
+            .env("SHIM_DIR", shim.path())
+            .env("PREVIEWDB_URL", &app.base)
+            .env("PREVIEWDB_TOKEN", ADMIN_TOKEN)
+            .envs(env);
+        async move { cmd.output().await.unwrap() }
+    };
+
+    let out = run_script(vec![
+        ("PREVIEWDB_KEY", "cli/hook#42".into()),
+        ("PREVIEWDB_TTL", "2h".into()),
+        ("POD_NAMESPACE", "pr-42".into()),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let args = std::fs::read_to_string(shim.path().join("args")).unwrap();
+    assert_eq!(
+        args.lines().collect::<Vec<_>>(),
+        [
+            "apply",
+            "--server-side",
+            "--field-manager=previewdb",
+            "--force-conflicts",
+            "-f",
+            "-"
+        ]
+    );
+    let secret: Value =
+        serde_json::from_str(&std::fs::read_to_string(shim.path().join("stdin")).unwrap()).unwrap();
+    assert_eq!(secret["kind"], "Secret");
+    assert_eq!(secret["metadata"]["name"], "preview-db");
+    assert_eq!(secret["metadata"]["namespace"], "pr-42");
+    let url = secret["stringData"]["DATABASE_URL"].as_str().unwrap();
+    connect(url)
+        .await
+        .expect("the Secret's DATABASE_URL logs in");
+    let (_, env) = app.get(&env_path("cli/hook#42")).await;
+    assert_eq!(
+        secret["metadata"]["annotations"]["previewdb/environment-id"],
+        env["id"]
+    );
+
+    // A permanent failure: previewdb's exit code, and kubectl got nothing to apply.
+    let out = run_script(vec![
+        ("PREVIEWDB_KEY", "cli/hook#43".into()),
+        ("PREVIEWDB_BLUEPRINT", "no-such-blueprint".into()),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(7));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no Secret written"));
+    assert_eq!(
+        std::fs::read_to_string(shim.path().join("stdin")).unwrap(),
+        ""
+    );
+
+    let out = run_script(vec![]).await;
+    assert!(!out.status.success(), "PREVIEWDB_KEY is required");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PREVIEWDB_KEY"));
+}
+
+/// The block scalar under the first `- |` of `yaml`, dedented: a container's shell script.
+fn block_script(yaml: &str) -> String {
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != "- |").skip(1);
+    let first = lines.next().expect("a script under `- |`");
+    let indent = first.len() - first.trim_start().len();
+    std::iter::once(first)
+        .chain(
+            lines.take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() >= indent),
+        )
+        .map(|l| format!("{}\n", l.get(indent..).unwrap_or("")))
+        .collect()
+}
+
+#[tokio::test]
+async fn sweep_cronjob_script_sweeps_with_real_curl() {
+    let app = TestApp::spawn().await;
+    let yaml = std::fs::read_to_string(example("previewdb-sweep-cronjob.yaml")).unwrap();
+    let script = block_script(&yaml);
+    assert!(script.contains("/v1/sweep"), "{script}");
+    let env = app
+        .create(serde_json::json!({ "key": "cli/sweep#1", "ttl": "1s" }))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let sweep = |token: &'static str| {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", &script])
+            .env("PREVIEWDB_URL", &app.base)
+            .env("PREVIEWDB_TOKEN", token);
+        async move { cmd.output().await.unwrap() }
+    };
+    let out = sweep(ADMIN_TOKEN).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("the sweep's JSON answer");
+    assert!(report["deleted"].is_array() && report["failed"].is_array());
+    let (_, now) = app
+        .get(&format!("/v1/environments/{}", env["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(now["state"], "deleted", "the expired environment is gone");
+
+    // A token without environments:delete: curl fails (exit 22), the problem in the log.
+    let out = sweep(READ_TOKEN).await;
+    assert_eq!(out.status.code(), Some(22));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("forbidden"));
+}
