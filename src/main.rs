@@ -1,7 +1,8 @@
 //! The `previewdb` binary: `serve` a configuration, run the embedded default (`dev`), hash a
-//! token for the configuration, or act as the `env` client of a running service.
+//! token for the configuration, act as the `env` client of a running service, or print shell
+//! completions.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use previewdb::configuration::Config;
 use previewdb::dev::{self, DevOptions};
 use previewdb::domain::token_digest;
@@ -43,35 +44,53 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Client commands for pipelines.
-    Env(previewdb::cli::EnvArgs),
+    /// Client commands for pipelines (exit codes: see README, "CLI for pipelines").
+    Env(Box<previewdb::cli::EnvArgs>),
+    /// Print the completion script of a shell (bash, zsh, fish, …) to stdout.
+    Completion { shell: clap_complete::Shell },
     /// Print the SHA-256 of a token, as `[[tokens]] sha256` wants it.
     HashToken { token: String },
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let outcome = runtime.block_on(async {
-        match cli.command {
-            Command::Serve { config } => serve(config).await,
-            Command::Dev {
-                listen,
-                data_dir,
-                config,
-            } => run_dev(listen, data_dir, config).await,
-            Command::Env(args) => previewdb::cli::run(args).await,
-            Command::HashToken { token } => {
-                println!("{}", hex::encode(token_digest(&token)));
-                Ok(())
-            }
+    let runtime = || tokio::runtime::Runtime::new().expect("tokio runtime");
+    match Cli::parse().command {
+        Command::Serve { config } => exit_service(runtime().block_on(serve(config))),
+        Command::Dev {
+            listen,
+            data_dir,
+            config,
+        } => exit_service(runtime().block_on(run_dev(listen, data_dir, config))),
+        Command::Env(args) => exit_with(runtime().block_on(previewdb::cli::run(*args))),
+        Command::Completion { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "previewdb", &mut script);
+            exit_with(previewdb::cli::write_out(&String::from_utf8_lossy(&script)))
         }
-    });
+        Command::HashToken { token } => exit_with(previewdb::cli::write_out(&format!(
+            "{}\n",
+            hex::encode(token_digest(&token))
+        ))),
+    }
+}
+
+fn exit_service(outcome: anyhow::Result<()>) -> std::process::ExitCode {
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            previewdb::cli::write_err(&format!("error: {e:#}"));
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The exit code of a client command, its message on stderr.
+fn exit_with(outcome: Result<(), previewdb::cli::Failure>) -> std::process::ExitCode {
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(f) => {
+            previewdb::cli::write_err(&format!("error: {f}"));
+            std::process::ExitCode::from(f.code)
         }
     }
 }

@@ -9,6 +9,7 @@
 mod action;
 mod api;
 mod blueprints;
+mod cli;
 mod edges;
 mod metrics;
 mod neon_api;
