@@ -7,6 +7,7 @@
 #![allow(unreachable_pub, unsafe_code)]
 
 mod api;
+mod api_tls;
 mod blueprints;
 mod edges;
 mod metrics;
