@@ -5,6 +5,7 @@
 //! - `main.rs`, [`cli`]: the binary — `serve`, `dev`, and the `env` client for pipelines.
 //! - [`startup`]: wiring only; the store, targets, service and HTTP server from a [`configuration`].
 //! - [`configuration`]: the TOML file into typed, resolved settings (blueprints read here).
+//! - `listener`: the HTTPS listener (`tls_cert`/`tls_key`), handshakes bounded in time.
 //! - `http`: routes, bearer auth, problem+json; handlers call the service only.
 //! - [`service`]: the environment service, one file per kind of operation (`plan`, `create`,
 //!   `operate`, `upkeep`, `snapshot`), its errors with the guide to every error type, and
@@ -30,6 +31,7 @@ pub mod dev;
 pub mod domain;
 pub mod embedded;
 mod http;
+mod listener;
 mod metrics;
 pub mod pgconn;
 pub mod service;

@@ -112,7 +112,12 @@ async fn run_dev(listen: String, data_dir: PathBuf, config: Option<PathBuf>) -> 
     })
     .await?;
     let app = Application::build(&setup.config).await?;
-    let url = format!("http://{}:{}", setup.config.listen.ip(), app.port());
+    let url = format!(
+        "{}://{}:{}",
+        app.scheme(),
+        setup.config.listen.ip(),
+        app.port()
+    );
     println!("previewdb dev: serving on {url}");
     println!(
         "  PostgreSQL on 127.0.0.1:{} (data in {})",

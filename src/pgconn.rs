@@ -4,7 +4,9 @@
 //! sessions, sqlx's included — and the ids of the advisory locks taken over them.
 //!
 //! tokio-postgres knows only `disable | prefer | require`; `verify-ca`, `verify-full` and
-//! `sslrootcert` are taken out of the URL here and enforced by the certificate verifier.
+//! `sslrootcert` are taken out of the URL here and enforced by the certificate verifier;
+//! `sslrootcert=system` is the operating system's trust store (rustls-native-certs), and as in
+//! libpq 16 it means `verify-full` and refuses any weaker `sslmode`.
 
 use anyhow::{anyhow, bail, Context};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -54,8 +56,8 @@ pub struct PgConnector {
     ssl_mode: SslMode,
     /// Settings every session starts with (`-c name=value`), e.g. the role it acts as.
     settings: Vec<(String, String)>,
-    /// `sslrootcert`: a PEM file of trusted roots; `None` trusts the webpki roots.
-    root_cert: Option<PathBuf>,
+    /// `sslrootcert`: whom a certificate must chain to.
+    roots: Roots,
     tls: MakeRustlsConnect,
 }
 
@@ -78,10 +80,23 @@ impl PgConnector {
         let mut config: tokio_postgres::Config = rest
             .parse()
             .map_err(|e| anyhow!("not a PostgreSQL connection string: {e}"))?;
-        let ssl_mode = match sslmode {
-            Some(m) => SslMode::parse(&m)?,
-            None => SslMode::Prefer,
+        let roots = match root_cert.as_deref() {
+            None => Roots::Webpki,
+            Some("system") => Roots::System,
+            Some(path) => Roots::File(PathBuf::from(path)),
         };
+        let ssl_mode = match (sslmode, &roots) {
+            (Some(m), _) => SslMode::parse(&m)?,
+            // As libpq (16+): the system's roots mean verify-full, and nothing weaker.
+            (None, Roots::System) => SslMode::VerifyFull,
+            (None, _) => SslMode::Prefer,
+        };
+        if roots == Roots::System && ssl_mode != SslMode::VerifyFull {
+            bail!(
+                "weak sslmode {:?} may not be used with sslrootcert=system (use \"verify-full\")",
+                sslmode_name(ssl_mode)
+            );
+        }
         config.ssl_mode(match ssl_mode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -93,13 +108,12 @@ impl PgConnector {
         if config.get_application_name().is_none() {
             config.application_name("previewdb");
         }
-        let root_cert = root_cert.filter(|p| p != "system").map(PathBuf::from);
-        let tls = MakeRustlsConnect::new(client_config(ssl_mode, root_cert.as_ref())?);
+        let tls = MakeRustlsConnect::new(client_config(ssl_mode, &roots)?);
         Ok(Self {
             config,
             ssl_mode,
             settings: vec![],
-            root_cert,
+            roots,
             tls,
         })
     }
@@ -197,8 +211,15 @@ impl PgConnector {
                 SslMode::VerifyCa => PgSslMode::VerifyCa,
                 SslMode::VerifyFull => PgSslMode::VerifyFull,
             });
-        if let Some(root) = &self.root_cert {
-            opts = opts.ssl_root_cert(root);
+        match &self.roots {
+            Roots::Webpki => {}
+            Roots::File(root) => opts = opts.ssl_root_cert(root),
+            // sqlx knows no "system": the same certificates, handed over as PEM.
+            Roots::System => {
+                if let Ok(certs) = system_roots() {
+                    opts = opts.ssl_root_cert_from_pem(to_pem(certs));
+                }
+            }
         }
         if let Some(port) = c.get_ports().first() {
             opts = opts.port(*port);
@@ -275,21 +296,78 @@ fn take_tls_params(url: &str) -> anyhow::Result<(String, Option<String>, Option<
     Ok((rest, sslmode, root))
 }
 
-fn client_config(
-    mode: SslMode,
-    root_cert: Option<&PathBuf>,
-) -> anyhow::Result<rustls::ClientConfig> {
+/// Whom a server's certificate must chain to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Roots {
+    /// No `sslrootcert`: the Mozilla roots compiled in (webpki-roots).
+    Webpki,
+    /// `sslrootcert=PATH`: the certificates in that PEM file.
+    File(PathBuf),
+    /// `sslrootcert=system`: the operating system's trust store (`SSL_CERT_FILE` and
+    /// `SSL_CERT_DIR` override where it is read from, as in OpenSSL).
+    System,
+}
+
+fn sslmode_name(mode: SslMode) -> &'static str {
+    match mode {
+        SslMode::Disable => "disable",
+        SslMode::Prefer => "prefer",
+        SslMode::Require => "require",
+        SslMode::VerifyCa => "verify-ca",
+        SslMode::VerifyFull => "verify-full",
+    }
+}
+
+/// The operating system's trusted roots, read once per process.
+fn system_roots() -> anyhow::Result<&'static [CertificateDer<'static>]> {
+    static ROOTS: std::sync::OnceLock<Result<Vec<CertificateDer<'static>>, String>> =
+        std::sync::OnceLock::new();
+    let loaded = ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        if found.certs.is_empty() {
+            let why: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
+            Err(format!(
+                "sslrootcert=system: the operating system's trust store holds no certificate{}",
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", why.join("; "))
+                }
+            ))
+        } else {
+            Ok(found.certs)
+        }
+    });
+    loaded.as_deref().map_err(|e| anyhow!("{e}"))
+}
+
+fn to_pem(certs: &[CertificateDer<'_>]) -> Vec<u8> {
+    use base64::Engine;
+    let mut pem = String::new();
+    for cert in certs {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    pem.into_bytes()
+}
+
+fn client_config(mode: SslMode, roots: &Roots) -> anyhow::Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // As libpq: `require` with a root certificate behaves as `verify-ca`.
-    let verify = match (mode, root_cert) {
+    let verify = match (mode, roots) {
         (SslMode::VerifyFull, _) => Verify::Full,
-        (SslMode::VerifyCa, _) | (SslMode::Require, Some(_)) => Verify::Chain,
+        (SslMode::VerifyCa, _) | (SslMode::Require, Roots::File(_)) => Verify::Chain,
         _ => Verify::Nothing,
     };
     let verifier: Arc<dyn ServerCertVerifier> = match verify {
         Verify::Nothing => Arc::new(AcceptAnyCertificate(provider.clone())),
         Verify::Chain | Verify::Full => {
-            let roots = Arc::new(root_store(root_cert)?);
+            let roots = Arc::new(root_store(roots)?);
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                 .build()
                 .context("TLS verifier")?;
@@ -315,11 +393,24 @@ enum Verify {
     Full,
 }
 
-fn root_store(file: Option<&PathBuf>) -> anyhow::Result<RootCertStore> {
-    let Some(path) = file else {
-        return Ok(RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        });
+fn root_store(roots: &Roots) -> anyhow::Result<RootCertStore> {
+    let path = match roots {
+        Roots::Webpki => {
+            return Ok(RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            })
+        }
+        Roots::System => {
+            let mut store = RootCertStore::empty();
+            // Some stores carry certificates webpki cannot read; the rest are enough.
+            let (added, _ignored) =
+                store.add_parsable_certificates(system_roots()?.iter().cloned());
+            if added == 0 {
+                bail!("sslrootcert=system: no certificate of the operating system's trust store is usable");
+            }
+            return Ok(store);
+        }
+        Roots::File(path) => path,
     };
     let mut store = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(path)
@@ -452,7 +543,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.ssl_mode, SslMode::VerifyFull);
-        assert_eq!(c.root_cert, None);
+        assert_eq!(c.roots, Roots::System);
         assert_eq!(c.config.get_application_name(), Some("x"));
         assert_eq!(c.config.get_ports(), &[5433]);
         assert_eq!(
@@ -465,6 +556,9 @@ mod tests {
         assert_eq!(plain.config.get_application_name(), Some("previewdb"));
         let kv = PgConnector::parse("host=h user=u sslmode=disable").unwrap();
         assert_eq!(kv.ssl_mode, SslMode::Disable);
+        // As libpq: the system's roots default to verify-full.
+        let system = PgConnector::parse("postgres://u@h/db?sslrootcert=system").unwrap();
+        assert_eq!(system.ssl_mode, SslMode::VerifyFull);
     }
 
     #[test]
@@ -478,6 +572,17 @@ mod tests {
             format!("{e:#}").contains("sslrootcert /nonexistent.pem"),
             "{e:#}"
         );
+        for weak in ["require", "verify-ca", "prefer", "disable"] {
+            let e = PgConnector::parse(&format!(
+                "postgres://u@h/db?sslmode={weak}&sslrootcert=system"
+            ))
+            .unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("weak sslmode \"{weak}\" may not be used")),
+                "{e}"
+            );
+        }
         let e = PgConnector::parse("postgres://u:secret-pw@h/db?bogus=1").unwrap_err();
         assert!(!format!("{e:#}").contains("secret-pw"), "{e:#}");
     }

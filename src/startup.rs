@@ -1,7 +1,7 @@
 //! Builds the application from its configuration: store, targets, background work, HTTP server.
 
 use crate::backend::registry::build_targets;
-use crate::configuration::Config;
+use crate::configuration::{Config, ListenerTls};
 use crate::http::{router, AppState};
 use crate::service::{Defaults, Environments};
 use crate::store::{Sealer, Store};
@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 pub struct Application {
     listener: TcpListener,
+    tls: Option<ListenerTls>,
     router: axum::Router,
     envs: Arc<Environments>,
     upkeep_interval: std::time::Duration,
@@ -40,6 +41,7 @@ impl Application {
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Self {
             listener,
+            tls: config.tls.clone(),
             router: router(state, config.max_body_bytes),
             envs,
             upkeep_interval: config.upkeep_interval,
@@ -48,6 +50,15 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// `https` when the listener speaks TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     pub fn environments(&self) -> Arc<Environments> {
@@ -63,9 +74,19 @@ impl Application {
             self.envs.clone(),
             self.upkeep_interval,
         ));
-        let result = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let result = match &self.tls {
+            Some(tls) => {
+                let listener = crate::listener::TlsListener::new(self.listener, tls)?;
+                axum::serve(listener, self.router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            None => {
+                axum::serve(self.listener, self.router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        };
         lifecycle.abort();
         Ok(result?)
     }

@@ -7,9 +7,11 @@
 mod blueprints;
 mod raw;
 mod targets;
+mod tls;
 mod tokens;
 
 pub use targets::{CloneStrategy, NeonTargetConfig, PostgresTargetConfig, TargetConfig};
+pub use tls::ListenerTls;
 
 use crate::blueprint::Blueprint;
 use crate::domain::{ApiToken, EncryptionKey, Secret, Ttl};
@@ -29,10 +31,13 @@ const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
 const DEFAULT_PROVISION_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_UPKEEP_INTERVAL: Duration = Duration::from_secs(30);
 const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(600);
+const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `tls_cert` and `tls_key`: the listener speaks HTTPS only.
+    pub tls: Option<ListenerTls>,
     /// previewdb's own state; the URL may carry a password.
     pub control_url: Secret,
     pub default_target: String,
@@ -101,8 +106,16 @@ impl Config {
         let blueprints =
             blueprints::resolve(raw.blueprints, &base_dir, base.map(|b| &b.blueprints))?;
         let default_blueprint = default_blueprint(raw.default_blueprint, base, &blueprints)?;
+        let tls = listener_tls(
+            raw.tls_cert,
+            raw.tls_key,
+            raw.tls_handshake_timeout,
+            &base_dir,
+            base,
+        )?;
         Ok(Config {
             listen,
+            tls,
             provision_timeout: duration_or(
                 "provision_timeout",
                 raw.provision_timeout,
@@ -160,6 +173,43 @@ fn listen(raw: Option<String>, base: Option<&Config>) -> anyhow::Result<SocketAd
             .parse()
             .map_err(|e| anyhow!("listen: {s:?} is not an address: {e}")),
         None => Ok(base.map_or(DEFAULT_LISTEN.into(), |b| b.listen)),
+    }
+}
+
+/// `tls_cert` and `tls_key` (both or neither, relative to the file's directory), read now;
+/// without them, the TLS of the configuration underneath, if any.
+fn listener_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    handshake_timeout: Option<String>,
+    base_dir: &Path,
+    base: Option<&Config>,
+) -> anyhow::Result<Option<ListenerTls>> {
+    let old = base.and_then(|b| b.tls.clone());
+    let timeout = duration_or(
+        "tls_handshake_timeout",
+        handshake_timeout.clone(),
+        old.as_ref().map(|t| t.handshake_timeout),
+        DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+    )?;
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(ListenerTls::load(
+            &base_dir.join(cert),
+            &base_dir.join(key),
+            timeout,
+        )?)),
+        (Some(_), None) => bail!("tls_cert: given without tls_key (give both, or neither)"),
+        (None, Some(_)) => bail!("tls_key: given without tls_cert (give both, or neither)"),
+        (None, None) => match old {
+            Some(mut tls) => {
+                tls.handshake_timeout = timeout;
+                Ok(Some(tls))
+            }
+            None if handshake_timeout.is_some() => {
+                bail!("tls_handshake_timeout: given without tls_cert and tls_key")
+            }
+            None => Ok(None),
+        },
     }
 }
 

@@ -22,6 +22,9 @@ pub(super) struct RawConfig {
     pub provision_timeout: Option<String>,
     pub upkeep_interval: Option<String>,
     pub orphan_grace: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_handshake_timeout: Option<String>,
     #[serde(default)]
     pub tokens: Vec<RawToken>,
     #[serde(default)]

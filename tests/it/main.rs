@@ -8,6 +8,7 @@
 
 mod action;
 mod api;
+mod api_tls;
 mod blueprints;
 mod cli;
 mod edges;

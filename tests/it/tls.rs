@@ -175,6 +175,27 @@ async fn sslmodes_mean_what_they_mean_in_libpq() {
 }
 
 #[tokio::test]
+async fn sslrootcert_system_is_the_operating_systems_trust_store() {
+    let pki = pki().await;
+    // The trust store is read where OpenSSL reads it, `SSL_CERT_FILE` first: here the
+    // "operating system" trusts the test CA, which the compiled-in roots do not. Nothing else in
+    // this binary asks for the system's roots, so setting it here changes no other test.
+    std::env::set_var("SSL_CERT_FILE", pki.ca());
+    let url = tcp_url("localhost", "sslrootcert=system").await;
+    assert_eq!(try_url(&url).await, Ok(true));
+    // verify-full, as in libpq: the name is checked...
+    let e = try_url(&tcp_url("127.0.0.1", "sslrootcert=system").await)
+        .await
+        .unwrap_err();
+    assert!(e.contains("not valid for name \"127.0.0.1\""), "{e}");
+    // ...and nothing weaker is accepted with it.
+    let e = try_url(&tcp_url("localhost", "sslmode=require&sslrootcert=system").await)
+        .await
+        .unwrap_err();
+    assert!(e.contains("weak sslmode \"require\""), "{e}");
+}
+
+#[tokio::test]
 async fn a_target_reached_over_verified_tls_builds_hands_out_and_migrates() {
     let pki = pki().await;
     let cluster = cluster().await;
