@@ -2,7 +2,7 @@
 //! token for the configuration, or act as the `env` client of a running service.
 
 use clap::{Parser, Subcommand};
-use previewdb::configuration::Config;
+use previewdb::configuration::{Config, LogFormat};
 use previewdb::dev::{self, DevOptions};
 use previewdb::domain::token_digest;
 use previewdb::startup::{init_tracing, Application};
@@ -77,15 +77,18 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
-    init_tracing();
+    // The file says how to log, so it is read first; nothing logs while it is read, and an
+    // error reading it reaches stderr through `main`.
     let config = Config::load(&path)?;
+    init_tracing(config.log_format);
     let app = Application::build(&config).await?;
     tracing::info!(port = app.port(), "previewdb serving");
     app.run_until(shutdown_signal()).await
 }
 
 async fn run_dev(listen: String, data_dir: PathBuf, config: Option<PathBuf>) -> anyhow::Result<()> {
-    init_tracing();
+    // Before the cluster starts, so that what it logs is kept: only the variable can say how.
+    init_tracing(LogFormat::from_env()?.unwrap_or_default());
     let setup = dev::setup(&DevOptions {
         listen: Some(listen),
         data_dir,

@@ -22,6 +22,7 @@ pub(super) struct RawConfig {
     pub provision_timeout: Option<String>,
     pub upkeep_interval: Option<String>,
     pub orphan_grace: Option<String>,
+    pub log_format: Option<String>,
     #[serde(default)]
     pub tokens: Vec<RawToken>,
     #[serde(default)]
