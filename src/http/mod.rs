@@ -173,7 +173,7 @@ fn request_span(req: &Request) -> tracing::Span {
     tracing::info_span!(
         "request",
         method = %req.method(),
-        route = route_of(req),
+        route = %route_of(req),
         request_id = %id
     )
 }
