@@ -9,6 +9,7 @@
 mod api;
 mod blueprints;
 mod edges;
+mod logs;
 mod metrics;
 mod neon_api;
 mod neon_backend;
