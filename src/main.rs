@@ -88,13 +88,17 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
 
 async fn run_dev(listen: String, data_dir: PathBuf, config: Option<PathBuf>) -> anyhow::Result<()> {
     // Before the cluster starts, so that what it logs is kept: only the variable can say how.
-    init_tracing(LogFormat::from_env()?.unwrap_or_default());
+    let format = LogFormat::from_env()?.unwrap_or_default();
+    init_tracing(format);
     let setup = dev::setup(&DevOptions {
         listen: Some(listen),
         data_dir,
         config,
     })
     .await?;
+    if setup.config.log_format != format {
+        tracing::warn!("previewdb dev ignores log_format in --config; set PREVIEWDB_LOG_FORMAT");
+    }
     let app = Application::build(&setup.config).await?;
     let url = format!("http://{}:{}", setup.config.listen.ip(), app.port());
     println!("previewdb dev: serving on {url}");

@@ -73,7 +73,8 @@ impl Application {
 
 /// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`): text with colours only
 /// when stderr is a terminal (and `NO_COLOR` is unset), or one JSON object a line with the
-/// event's fields at the top level and the spans it happened in (`request` carries the request
+/// event's fields under `fields` (not at the top level, where a field named `target` would
+/// clash with the event's target) and the spans it happened in (`request` carries the request
 /// id) under `spans`. Statement texts of the PostgreSQL driver stay at `debug` and below, and
 /// our own code never logs passwords.
 pub fn init_tracing(format: LogFormat) {
@@ -88,6 +89,6 @@ pub fn init_tracing(format: LogFormat) {
         .with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder.json().try_init(),
     };
 }

@@ -70,7 +70,10 @@ async fn json_lines_carry_the_request_id_and_one_access_line_per_request() {
         .collect();
     assert!(!lines.is_empty());
     assert!(!log.contains("Sekr1tKey"), "the key is in the log:\n{log}");
-    let access: Vec<&Value> = lines.iter().filter(|l| l["message"] == "access").collect();
+    let access: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "access")
+        .collect();
     let mine: Vec<&&Value> = access
         .iter()
         .filter(|l| request_field(l, "request_id") == Some(request_id.as_str()))
@@ -84,13 +87,15 @@ async fn json_lines_carry_the_request_id_and_one_access_line_per_request() {
         Some("/v1/environments"),
         "{line}"
     );
-    assert_eq!(line["status"], 201, "{line}");
-    let ms = line["duration_ms"].as_f64().expect("duration_ms");
+    assert_eq!(line["fields"]["status"], 201, "{line}");
+    let ms = line["fields"]["duration_ms"].as_f64().expect("duration_ms");
     assert!(ms > 0.0 && ms < 300_000.0, "{line}");
     // "environment ready" is logged in the task `Environments::create` spawns.
     let ready: Vec<&Value> = lines
         .iter()
-        .filter(|l| l["message"] == "environment ready" && l["env"] == env["id"])
+        .filter(|l| {
+            l["fields"]["message"] == "environment ready" && l["fields"]["env"] == env["id"]
+        })
         .collect();
     assert_eq!(ready.len(), 1, "{log}");
     assert_eq!(
