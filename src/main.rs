@@ -3,7 +3,7 @@
 //! completions.
 
 use clap::{CommandFactory, Parser, Subcommand};
-use previewdb::configuration::Config;
+use previewdb::configuration::{Config, LogFormat};
 use previewdb::dev::{self, DevOptions};
 use previewdb::domain::token_digest;
 use previewdb::startup::{init_tracing, Application};
@@ -96,21 +96,28 @@ fn exit_with(outcome: Result<(), previewdb::cli::Failure>) -> std::process::Exit
 }
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
-    init_tracing();
+    // The file says how to log, so it is read first; nothing logs while it is read, and an
+    // error reading it reaches stderr through `main`.
     let config = Config::load(&path)?;
+    init_tracing(config.log_format);
     let app = Application::build(&config).await?;
     tracing::info!(port = app.port(), "previewdb serving");
     app.run_until(shutdown_signal()).await
 }
 
 async fn run_dev(listen: String, data_dir: PathBuf, config: Option<PathBuf>) -> anyhow::Result<()> {
-    init_tracing();
+    // Before the cluster starts, so that what it logs is kept: only the variable can say how.
+    let format = LogFormat::from_env()?.unwrap_or_default();
+    init_tracing(format);
     let setup = dev::setup(&DevOptions {
         listen: Some(listen),
         data_dir,
         config,
     })
     .await?;
+    if setup.config.log_format != format {
+        tracing::warn!("previewdb dev ignores log_format in --config; set PREVIEWDB_LOG_FORMAT");
+    }
     let app = Application::build(&setup.config).await?;
     let url = format!(
         "{}://{}:{}",

@@ -5,9 +5,9 @@
 //! key, labels, credentials or a request's raw path.
 
 use prometheus_client::encoding::{text, EncodeLabelSet};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry, Unit};
 use std::time::Duration;
@@ -97,6 +97,11 @@ struct PoolLabels {
     blueprint: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The metrics one process records; gauges of shared state are added at each scrape.
@@ -157,6 +162,16 @@ impl Metrics {
             "HTTP request latency by method and matched route",
             Histograms::<RouteLabels>::new_with_constructor(|| Histogram::new(REQUEST_BUCKETS)),
         );
+        registered(
+            &mut registry,
+            "build_info",
+            "Always 1; its label is the version of this build",
+            Family::<BuildLabels, Gauge>::default(),
+        )
+        .get_or_create(&BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+        })
+        .set(1);
         Self {
             registry,
             operations,
@@ -225,6 +240,69 @@ pub struct Snapshot {
     pub targets: Vec<TargetFigures>,
     /// The warm pool of every blueprint on every target that builds templates and answered.
     pub pools: Vec<PoolFigures>,
+    /// `None` where `/proc/self` cannot be read (not Linux).
+    pub process: Option<ProcessFigures>,
+}
+
+/// This process as Linux's `/proc` shows it, for the `process_*` series every Prometheus client
+/// exports under the same names. Read by hand: prometheus-client, unlike the Go and Java
+/// clients, has no process collector, and these are a few lines of `/proc` — no crate (and no
+/// `unsafe` `sysconf`) needed for them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessFigures {
+    /// Resident set size (`VmRSS` of `/proc/self/status`).
+    pub resident_memory_bytes: u64,
+    /// User and system CPU time (`utime` + `stime` of `/proc/self/stat`).
+    pub cpu_seconds: f64,
+    /// Entries of `/proc/self/fd`, less the one reading it.
+    pub open_fds: u64,
+    /// Since the Unix epoch: boot time (`btime` of `/proc/stat`) plus `starttime`.
+    pub start_time_seconds: f64,
+}
+
+/// The kernel reports `/proc` times in clock ticks of `USER_HZ`, which is 100 on every
+/// architecture Linux's user ABI fixes it for (Prometheus' Go `procfs` hard-codes it too).
+const USER_HZ: f64 = 100.0;
+
+impl ProcessFigures {
+    /// Reads this process's figures now; `None` if `/proc` is missing or unreadable.
+    pub fn read() -> Option<Self> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let system = std::fs::read_to_string("/proc/stat").ok()?;
+        let fds = std::fs::read_dir("/proc/self/fd").ok()?.count();
+        Self::parse(&status, &stat, &system, fds)
+    }
+
+    /// The figures from the texts of `/proc/self/status`, `/proc/self/stat` and `/proc/stat`,
+    /// and the number of entries listed in `/proc/self/fd` (while it was open).
+    fn parse(status: &str, stat: &str, system: &str, fd_entries: usize) -> Option<Self> {
+        let rss_kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()?;
+        // The command name (field 2) is in parentheses and may hold spaces and parentheses:
+        // the fields counted here start after the last `)`, at field 3 (`state`).
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+        let field = |n: usize| -> Option<f64> { fields.get(n - 3)?.parse().ok() };
+        let (utime, stime, starttime) = (field(14)?, field(15)?, field(22)?);
+        let boot: f64 = system
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(Self {
+            resident_memory_bytes: rss_kb * 1024,
+            cpu_seconds: (utime + stime) / USER_HZ,
+            open_fds: fd_entries.saturating_sub(1) as u64,
+            start_time_seconds: boot + starttime / USER_HZ,
+        })
+    }
 }
 
 pub struct TargetFigures {
@@ -250,9 +328,14 @@ pub(crate) fn render(metrics: &Metrics, snapshot: &Snapshot) -> String {
     register_environments(&mut scrape, snapshot);
     register_targets(&mut scrape, snapshot);
     register_pools(&mut scrape, snapshot);
+    let mut process = Registry::with_prefix("process");
+    if let Some(figures) = &snapshot.process {
+        register_process(&mut process, figures);
+    }
     let mut out = String::new();
     text::encode_registry(&mut out, &metrics.registry)
         .and_then(|()| text::encode_registry(&mut out, &scrape))
+        .and_then(|()| text::encode_registry(&mut out, &process))
         .and_then(|()| text::encode_eof(&mut out))
         .expect("writing to a String cannot fail");
     out
@@ -364,6 +447,33 @@ fn register_pools(scrape: &mut Registry, snapshot: &Snapshot) {
     }
 }
 
+/// The standard `process_*` series (`registry` has the prefix `process`).
+fn register_process(registry: &mut Registry, p: &ProcessFigures) {
+    registry.register_with_unit(
+        "resident_memory",
+        "Resident memory size in bytes",
+        Unit::Bytes,
+        ConstGauge::new(p.resident_memory_bytes),
+    );
+    registry.register_with_unit(
+        "cpu",
+        "Total user and system CPU time spent in seconds",
+        Unit::Seconds,
+        ConstCounter::new(p.cpu_seconds),
+    );
+    registry.register(
+        "open_fds",
+        "Number of open file descriptors",
+        ConstGauge::new(p.open_fds),
+    );
+    registry.register_with_unit(
+        "start_time",
+        "Start time of the process since the Unix epoch in seconds",
+        Unit::Seconds,
+        ConstGauge::new(p.start_time_seconds),
+    );
+}
+
 /// `metric`, registered in `registry`; the returned handle records into what the registry
 /// encodes.
 fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
@@ -380,4 +490,36 @@ fn registered_in_seconds<M: Metric + Clone>(
 ) -> M {
     registry.register_with_unit(name, help, Unit::Seconds, metric.clone());
     metric
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_figures_are_read_from_proc_texts() {
+        let status = "Name:\tpreviewdb\nVmPeak:\t  9000 kB\nVmRSS:\t   20480 kB\nThreads:\t5\n";
+        // A command name with a space and a parenthesis, as the kernel shows it.
+        let stat = "4242 (pre view) d) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 5 0 \
+                    12345 1000000 5000 18446744073709551615";
+        let system = "cpu  1 2 3\nbtime 1700000000\nprocesses 9\n";
+        let p = ProcessFigures::parse(status, stat, system, 8).unwrap();
+        assert_eq!(
+            p,
+            ProcessFigures {
+                resident_memory_bytes: 20480 * 1024,
+                cpu_seconds: 3.0,
+                open_fds: 7,
+                start_time_seconds: 1_700_000_123.45,
+            }
+        );
+        assert_eq!(
+            ProcessFigures::parse("VmRSS: 1 MB\n", stat, system, 1),
+            None
+        );
+        assert_eq!(
+            ProcessFigures::parse(status, "4242 (x) S 1", system, 1),
+            None
+        );
+    }
 }

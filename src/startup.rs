@@ -1,7 +1,7 @@
 //! Builds the application from its configuration: store, targets, background work, HTTP server.
 
 use crate::backend::registry::build_targets;
-use crate::configuration::{Config, ListenerTls};
+use crate::configuration::{Config, ListenerTls, LogFormat};
 use crate::http::{router, AppState};
 use crate::service::{Defaults, Environments};
 use crate::store::{Sealer, Store};
@@ -92,13 +92,24 @@ impl Application {
     }
 }
 
-/// Logs as text to stderr, filtered by `RUST_LOG` (default `info`). Statement texts of the
-/// PostgreSQL driver stay at `debug` and below, and our own code never logs passwords.
-pub fn init_tracing() {
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`): text with colours only
+/// when stderr is a terminal (and `NO_COLOR` is unset), or one JSON object a line with the
+/// event's fields under `fields` (not at the top level, where a field named `target` would
+/// clash with the event's target) and the spans it happened in (`request` carries the request
+/// id) under `spans`. Statement texts of the PostgreSQL driver stay at `debug` and below, and
+/// our own code never logs passwords.
+pub fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
-    let _ = tracing_subscriber::fmt()
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_ansi(ansi);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }

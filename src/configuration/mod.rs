@@ -54,6 +54,8 @@ pub struct Config {
     /// How long an object carrying previewdb's prefix that no record or pool accounts for is
     /// left alone before garbage collection drops it.
     pub orphan_grace: Duration,
+    /// How the service writes its logs to stderr.
+    pub log_format: LogFormat,
     pub tokens: Vec<ApiToken>,
     pub targets: BTreeMap<String, TargetConfig>,
     /// Read when the configuration was loaded, by name.
@@ -64,6 +66,35 @@ pub struct Config {
 pub const ENV_CONTROL_URL: &str = "PREVIEWDB_CONTROL_URL";
 pub const ENV_ENCRYPTION_KEY: &str = "PREVIEWDB_ENCRYPTION_KEY";
 pub const ENV_LISTEN: &str = "PREVIEWDB_LISTEN";
+pub const ENV_LOG_FORMAT: &str = "PREVIEWDB_LOG_FORMAT";
+
+/// `log_format`: human-readable lines, or one JSON object a line for a log collector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    fn parse(key: &str, s: &str) -> anyhow::Result<Self> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => bail!("{key}: {s:?} is not a log format (text or json)"),
+        }
+    }
+
+    /// What `PREVIEWDB_LOG_FORMAT` asks for, if it is set; `previewdb dev` starts logging
+    /// before it reads any file, so this is all it goes by.
+    pub fn from_env() -> anyhow::Result<Option<Self>> {
+        match std::env::var(ENV_LOG_FORMAT) {
+            Ok(s) => Self::parse(ENV_LOG_FORMAT, &s).map(Some),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(e) => bail!("{ENV_LOG_FORMAT}: {e}"),
+        }
+    }
+}
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
@@ -113,9 +144,11 @@ impl Config {
             &base_dir,
             base,
         )?;
+        let log_format = log_format(raw.log_format, base)?;
         Ok(Config {
             listen,
             tls,
+            log_format,
             provision_timeout: duration_or(
                 "provision_timeout",
                 raw.provision_timeout,
@@ -210,6 +243,17 @@ fn listener_tls(
             }
             None => Ok(None),
         },
+    }
+}
+
+/// `$PREVIEWDB_LOG_FORMAT`, else the file's `log_format`, else the configuration's so far.
+fn log_format(raw: Option<String>, base: Option<&Config>) -> anyhow::Result<LogFormat> {
+    if let Some(format) = LogFormat::from_env()? {
+        return Ok(format);
+    }
+    match raw {
+        Some(s) => LogFormat::parse("log_format", &s),
+        None => Ok(base.map(|b| b.log_format).unwrap_or_default()),
     }
 }
 
@@ -421,6 +465,26 @@ mod tests {
         std::fs::write(&file, "[blueprints.more]\npool_size = 1\n").unwrap();
         c.merge_file(&file).unwrap();
         assert_eq!(c.blueprints.keys().collect::<Vec<_>>(), ["app", "more"]);
+    }
+
+    #[test]
+    fn log_format_is_text_unless_json_is_asked_for() {
+        // No test of this binary sets PREVIEWDB_LOG_FORMAT; the override is tested on the
+        // binary (tests/it/logs.rs).
+        assert_eq!(parse("").unwrap().log_format, LogFormat::Text);
+        assert_eq!(
+            parse("log_format = \"json\"").unwrap().log_format,
+            LogFormat::Json
+        );
+        assert_eq!(
+            parse("log_format = \"text\"").unwrap().log_format,
+            LogFormat::Text
+        );
+        let e = format!("{:#}", parse("log_format = \"JSON\"").unwrap_err());
+        assert!(
+            e.contains("log_format: \"JSON\" is not a log format"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub(super) struct RawConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_handshake_timeout: Option<String>,
+    pub log_format: Option<String>,
     #[serde(default)]
     pub tokens: Vec<RawToken>,
     #[serde(default)]

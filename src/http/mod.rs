@@ -115,12 +115,24 @@ where
 pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
-        .route("/v1/environments", post(environments::create).get(environments::list))
-        .route("/v1/environments/{ref}", get(environments::get).delete(environments::delete))
+        .route(
+            "/v1/environments",
+            post(environments::create).get(environments::list),
+        )
+        .route(
+            "/v1/environments/{ref}",
+            get(environments::get).delete(environments::delete),
+        )
         .route("/v1/environments/{ref}/extend", post(environments::extend))
-        .route("/v1/environments/{ref}/credentials", post(environments::rotate_credentials))
+        .route(
+            "/v1/environments/{ref}/credentials",
+            post(environments::rotate_credentials),
+        )
         .route("/v1/environments/{ref}/reset", post(environments::reset))
-        .route("/v1/environments/{ref}/migrate", post(environments::migrate))
+        .route(
+            "/v1/environments/{ref}/migrate",
+            post(environments::migrate),
+        )
         .route("/v1/blueprints", get(blueprints::list))
         .route("/v1/blueprints/{name}", get(blueprints::get))
         .route("/v1/blueprints/{name}/prepare", post(blueprints::prepare))
@@ -132,21 +144,55 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), count_request))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            observe_request,
+        ))
+        // The span every line a request causes is logged in (spawned work carries it on, see
+        // `service`); its own events are off: `observe_request` writes the one access line.
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(())
+                .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
 }
 
-/// Counts a request under its route template (`/v1/environments/{ref}`), never its path, which
-/// carries environment keys; unrouted requests count as `unmatched`.
-async fn count_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The `request` span: method, route template (never the path, which carries environment
+/// keys) and the request id `SetRequestIdLayer` gave it or the caller sent.
+fn request_span(req: &Request) -> tracing::Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        route = %route_of(req),
+        request_id = %id
+    )
+}
+
+/// The route template of a request (`/v1/environments/{ref}`), `unmatched` for none.
+fn route_of(req: &Request) -> &str {
+    req.extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |r| r.as_str())
+}
+
+/// Probes and scrapes, whose access lines are at DEBUG so that they do not flood the log.
+const QUIET_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// Counts a request under its route template, never its path, which carries environment keys
+/// (unrouted requests count as `unmatched`), and writes its access line, in the request's
+/// span (method, route, request id): status and duration in milliseconds, at INFO (probes at
+/// DEBUG).
+async fn observe_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = match *req.method() {
         Method::GET => "GET",
         Method::POST => "POST",
@@ -160,10 +206,16 @@ async fn count_request(State(state): State<AppState>, req: Request, next: Next) 
     let route = req.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let response = next.run(req).await;
+    let took = started.elapsed();
     let route = route.as_ref().map_or("unmatched", |r| r.as_str());
-    state
-        .envs
-        .metrics()
-        .request(method, route, response.status().as_u16(), started.elapsed());
+    let status = response.status().as_u16();
+    state.envs.metrics().request(method, route, status, took);
+    // Microsecond precision: most answers take well under a millisecond or a few.
+    let duration_ms = (took.as_secs_f64() * 1e6).round() / 1e3;
+    if QUIET_ROUTES.contains(&route) {
+        tracing::debug!(status, duration_ms, "access");
+    } else {
+        tracing::info!(status, duration_ms, "access");
+    }
     response
 }

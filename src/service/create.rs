@@ -5,7 +5,8 @@
 
 use super::plan::{self, Plan, Terms};
 use super::{
-    join, stoppable, CreateSpec, Deadline, Env, Environments, Lease, Result, ServiceError,
+    join, spawn_in_span, stoppable, CreateSpec, Deadline, Env, Environments, Lease, Result,
+    ServiceError,
 };
 use crate::backend::registry::Target;
 use crate::backend::ProvisionRequest;
@@ -41,7 +42,7 @@ impl Environments {
     /// (`Ok((env, false))`). Runs to completion even if the caller goes away.
     pub async fn create(self: &Arc<Self>, spec: CreateSpec) -> Result<(Env, bool)> {
         let this = self.clone();
-        join(tokio::spawn(async move {
+        join(spawn_in_span(async move {
             let started = Instant::now();
             let result = this.create_inner(spec).await;
             if let Ok((env, created)) = &result {
@@ -96,7 +97,7 @@ impl Environments {
         .await;
         // Released after the answer: until then the next call for this key waits (here or on
         // another replica).
-        tokio::spawn(lease.release());
+        spawn_in_span(lease.release());
         outcome
     }
 

@@ -263,9 +263,13 @@ impl Drop for Lease {
         self.leases.held.lock().unwrap().remove(&self.holder);
         let (leases, key, holder) = (self.leases.clone(), self.key.clone(), self.holder);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
+            let release = async move {
                 let _ = leases.store.release_lease(&key, holder).await;
-            });
+            };
+            rt.spawn(tracing::Instrument::instrument(
+                release,
+                tracing::Span::current(),
+            ));
         }
     }
 }

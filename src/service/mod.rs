@@ -140,6 +140,17 @@ async fn stoppable<T>(
     }
 }
 
+/// `tokio::spawn`, the task logging in the caller's span: what a request's work does in a task
+/// of its own carries the request's id. Background upkeep has no span to give.
+pub(crate) fn spawn_in_span<F>(work: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    use tracing::Instrument;
+    tokio::spawn(work.instrument(tracing::Span::current()))
+}
+
 /// Waits for an operation run in a task of its own (so that a caller hanging up cannot stop
 /// it halfway).
 async fn join<T>(task: tokio::task::JoinHandle<Result<T>>) -> Result<T> {

@@ -3,7 +3,7 @@
 //! credential rotation, reset, migrate — each under its key's lease and within a deadline.
 
 use super::plan;
-use super::{join, stoppable, Deadline, Environments, Result, ServiceError};
+use super::{join, spawn_in_span, stoppable, Deadline, Environments, Result, ServiceError};
 use crate::backend::registry::Target;
 use crate::backend::Support;
 use crate::domain::Secret;
@@ -67,7 +67,7 @@ impl Environments {
     pub async fn delete(self: &Arc<Self>, reference: &str, wait_for_data: bool) -> Result<Env> {
         let this = self.clone();
         let reference = reference.to_owned();
-        join(tokio::spawn(async move {
+        join(spawn_in_span(async move {
             let result = async {
                 let record = this.find(&reference).await?;
                 this.leases.cancel(&record.key).await?;
@@ -94,7 +94,7 @@ impl Environments {
         let lease = self.leases.acquire(key, Purpose::Delete, deadline).await?;
         let outcome = self.delete_record(id, None, deadline, wait_for_data).await;
         // Released after the answer: until then the next call for this key waits (here or on another replica).
-        tokio::spawn(lease.release());
+        spawn_in_span(lease.release());
         outcome
     }
 
@@ -178,7 +178,7 @@ impl Environments {
     /// the process stop, the record stays `teardown_pending` and the reconciler finishes it.
     fn purge_in_background(self: &Arc<Self>, record: EnvRecord) {
         let this = self.clone();
-        tokio::spawn(async move {
+        spawn_in_span(async move {
             let outcome = async {
                 let backend = &this.target(&record.target)?.backend;
                 backend.teardown(&record.resources).await?;
@@ -216,7 +216,7 @@ impl Environments {
     {
         let this = self.clone();
         let reference = reference.to_owned();
-        join(tokio::spawn(async move {
+        join(spawn_in_span(async move {
             let result = async {
                 let record = this.find(&reference).await?;
                 let target = this.target(&record.target)?;

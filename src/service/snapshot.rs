@@ -5,7 +5,7 @@
 use super::{Environments, Result};
 use crate::backend::TargetHealth;
 use crate::domain::Isolation;
-use crate::metrics::{PoolFigures, Snapshot, TargetFigures};
+use crate::metrics::{PoolFigures, ProcessFigures, Snapshot, TargetFigures};
 use crate::store::{State, StoreError};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -107,6 +107,7 @@ impl Environments {
             locked,
             targets,
             pools,
+            process: ProcessFigures::read(),
         }
     }
 

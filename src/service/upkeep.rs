@@ -2,7 +2,7 @@
 //! what a stopped process left unfinished, enforcing size quotas, collecting unused templates
 //! and leftovers, and warming blueprints' templates and pools — and the loop that runs them.
 
-use super::{join, plan, Deadline, Environments, Result, ServiceError};
+use super::{join, plan, spawn_in_span, Deadline, Environments, Result, ServiceError};
 use crate::backend::registry::Target;
 use crate::backend::BlueprintStatus;
 use crate::blueprint::Blueprint;
@@ -95,7 +95,7 @@ impl Environments {
         for rec in self.store.expired(now).await? {
             let this = self.clone();
             let (id, key, target) = (rec.id, rec.key.clone(), rec.target.clone());
-            let outcome = join(tokio::spawn(async move {
+            let outcome = join(spawn_in_span(async move {
                 let deadline = Deadline::after(this.target(&target)?.provision_timeout);
                 let lease = this.leases.acquire(&key, Purpose::Sweep, &deadline).await?;
                 let result = this

@@ -12,6 +12,7 @@ mod api_tls;
 mod blueprints;
 mod cli;
 mod edges;
+mod logs;
 mod metrics;
 mod neon_api;
 mod neon_backend;

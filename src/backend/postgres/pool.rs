@@ -132,14 +132,16 @@ impl WarmPool {
             return;
         }
         let pool = self.clone();
-        tokio::spawn(async move {
+        let refill = async move {
             if ready_count(&inner, &bp, &tpl.hash).await * 2 >= bp.pool_size as usize {
                 tokio::time::sleep(REFILL_SETTLE).await;
             }
             if let Err(e) = pool.fill(&inner, &bp, &tpl, false).await {
                 tracing::warn!(blueprint = %bp.name, error = %e, "pool refill failed");
             }
-        });
+        };
+        // In the span of the request (if any) that took from the pool.
+        tokio::spawn(tracing::Instrument::in_current_span(refill));
     }
 
     /// Tops the pool of `bp` up to its size, retiring entries of older hashes. One filler per

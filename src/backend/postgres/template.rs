@@ -86,7 +86,9 @@ impl Templates {
             return Ok(t.clone());
         }
         // A task of its own: a caller that gives up does not stop a build others need.
-        let build = tokio::spawn(fill_slot(slot, inner.clone(), bp.clone(), hash));
+        // It logs in the span of the request that started it.
+        let build = fill_slot(slot, inner.clone(), bp.clone(), hash);
+        let build = tokio::spawn(tracing::Instrument::in_current_span(build));
         match deadline.run(build).await {
             Ok(joined) => {
                 joined.map_err(|e| BackendError::failed(format!("template build: {e}")))?

@@ -116,11 +116,12 @@ impl Drop for RunGuard<'_> {
             return;
         }
         let (pool, tag) = (self.inner.admin.clone(), std::mem::take(&mut self.tag));
-        tokio::spawn(async move {
+        let terminate = async move {
             if let Ok(conn) = pool.get().await {
                 let _ = admin::terminate(&conn, Sessions::Application(&tag), Duration::ZERO).await;
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(terminate));
     }
 }
 

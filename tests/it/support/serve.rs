@@ -16,6 +16,8 @@ pub struct ServeOptions {
     pub top: String,
     pub local: String,
     pub tables: String,
+    /// Environment variables of the process, set after (so possibly over) `RUST_LOG`.
+    pub env: Vec<(&'static str, String)>,
 }
 
 pub struct Replica {
@@ -23,6 +25,7 @@ pub struct Replica {
     pub http: reqwest::Client,
     child: Option<Child>,
     config: std::path::PathBuf,
+    env: Vec<(&'static str, String)>,
     log: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -61,6 +64,7 @@ impl Replica {
                 .unwrap(),
             child: None,
             log: dir.path().join("serve.log"),
+            env: opts.env.clone(),
             config,
             _dir: dir,
         };
@@ -80,6 +84,7 @@ impl Replica {
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info,tokio_postgres=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -116,6 +121,16 @@ impl Replica {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Everything the process wrote to stdout and stderr (one file) so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id of the running process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log_tail(&self) -> String {
