@@ -240,9 +240,10 @@ impl PgConnector {
     }
 }
 
-/// An error with its causes: tokio-postgres and deadpool print only the outermost ("error
-/// performing TLS handshake"), while what an operator needs is the innermost ("invalid peer
-/// certificate: UnknownIssuer").
+/// An error with its causes, `: `-separated, each once: tokio-postgres and deadpool print only
+/// the outermost ("error performing TLS handshake"), while what an operator needs is the
+/// innermost ("invalid peer certificate: UnknownIssuer"). The one chain formatter: the service's
+/// logs and the CLI's messages use it too.
 pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();

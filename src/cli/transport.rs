@@ -95,13 +95,13 @@ async fn attempt(
         Err(e) if e.is_connect() => Ok(Attempt::Retry(
             Failure::new(
                 exit::UNAVAILABLE,
-                format!("cannot reach {base}: {}", chain(&e)),
+                format!("cannot reach {base}: {}", crate::pgconn::describe(&e)),
             ),
             backoff.min(MAX_BACKOFF),
         )),
         Err(e) => Err(Failure::new(
             exit::OTHER,
-            format!("calling {base}: {}", chain(&e)),
+            format!("calling {base}: {}", crate::pgconn::describe(&e)),
         )),
     }
 }
@@ -153,15 +153,4 @@ fn problem(status: reqwest::StatusCode, body: &Value) -> Failure {
         format!(" {code}")
     };
     Failure::new(exit_code, format!("{status}{code}: {detail}"))
-}
-
-/// An error and its sources, as `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
 }

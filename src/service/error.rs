@@ -132,18 +132,7 @@ impl ServiceError {
 
     /// The message and every cause under it, `: `-separated, for the log.
     pub fn chain(&self) -> String {
-        let mut out = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        while let Some(e) = cause {
-            let text = e.to_string();
-            // `transparent` variants repeat their source's message.
-            if !out.ends_with(&text) {
-                out.push_str(": ");
-                out.push_str(&text);
-            }
-            cause = e.source();
-        }
-        out
+        crate::pgconn::describe(self)
     }
 }
 
