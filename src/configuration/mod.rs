@@ -137,6 +137,11 @@ impl Config {
         let blueprints =
             blueprints::resolve(raw.blueprints, &base_dir, base.map(|b| &b.blueprints))?;
         let default_blueprint = default_blueprint(raw.default_blueprint, base, &blueprints)?;
+        tokens::check_names(
+            &tokens,
+            |t| targets.contains_key(t),
+            |b| blueprints.contains_key(b),
+        )?;
         let tls = listener_tls(
             raw.tls_cert,
             raw.tls_key,
@@ -485,6 +490,43 @@ mod tests {
             e.contains("log_format: \"JSON\" is not a log format"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_scoped_token_reads_its_reach_and_refusals_name_the_key() {
+        let token = |extra: &str| {
+            format!(
+                "[[tokens]]\nname = \"web\"\nsha256 = \"{}\"\nscopes = [\"admin\"]\n{extra}",
+                "ab".repeat(32)
+            )
+        };
+        let c = parse(&token(
+            "keys = [\"acme/web#*\"]\ntargets = [\"local\"]\nmax_live = 5",
+        ))
+        .unwrap();
+        let reach = &c.tokens[0].reach;
+        assert!(reach.covers_key("acme/web#1") && !reach.covers_key("acme/api#1"));
+        assert_eq!(reach.targets.as_deref(), Some(&["local".to_owned()][..]));
+        assert_eq!((reach.blueprints.as_ref(), reach.max_live), (None, Some(5)));
+        for (extra, names) in [
+            ("keys = []", "tokens[0] (web).keys: must not be empty"),
+            ("keys = [\"\"]", "tokens[0] (web).keys[0]"),
+            (
+                "targets = [\"nowhere\"]",
+                "tokens[0] (web).targets[0]: no target",
+            ),
+            (
+                "blueprints = [\"nope\"]",
+                "tokens[0] (web).blueprints[0]: no blueprint",
+            ),
+            (
+                "max_live = 0",
+                "tokens[0] (web).max_live: must be at least 1",
+            ),
+        ] {
+            let e = format!("{:#}", parse(&token(extra)).unwrap_err());
+            assert!(e.contains(names), "{extra}: {e}");
+        }
     }
 
     #[test]

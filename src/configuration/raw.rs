@@ -43,6 +43,14 @@ pub(super) struct RawToken {
     pub scopes: Vec<String>,
     /// `false` withholds `environments:reveal` from a token with `environments:write`/`admin`.
     pub reveal: Option<bool>,
+    /// Glob patterns of the keys the token may act on; every key when left out.
+    pub keys: Option<Vec<String>>,
+    /// Targets (or target groups) it may create on; any when left out.
+    pub targets: Option<Vec<String>>,
+    /// Blueprints it may create from; any when left out.
+    pub blueprints: Option<Vec<String>>,
+    /// At most this many live environments among its keys.
+    pub max_live: Option<u32>,
 }
 
 #[derive(Deserialize)]

@@ -2,24 +2,28 @@
 //! valid values, the secrets among them (which never print), and the values every layer passes
 //! around: an environment's connection and its resources.
 
+mod actor;
 mod connection;
 mod env_key;
 mod extension;
 mod identifier;
 mod isolation;
 mod labels;
+mod reach;
 mod resources;
 mod secret;
 mod source;
 mod token;
 mod ttl;
 
+pub use actor::Actor;
 pub use connection::Connection;
 pub use env_key::EnvKey;
 pub use extension::ExtensionName;
 pub use identifier::PgIdent;
 pub use isolation::Isolation;
 pub use labels::Labels;
+pub use reach::{KeyPattern, Reach};
 pub use resources::{ForeignResources, NeonResources, PostgresResources, Resources};
 pub use secret::{EncryptionKey, Secret};
 pub use source::{MigrationFormat, MigrationNameError, SourceFile};

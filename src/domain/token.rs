@@ -65,12 +65,14 @@ impl Scope {
     }
 }
 
-/// A configured token: its name (for messages), digest and scopes.
+/// A configured token: its name (for messages and the audit trail), digest, scopes, and what
+/// it may reach.
 #[derive(Debug, Clone)]
 pub struct ApiToken {
     pub name: String,
     pub sha256: TokenDigest,
     pub scopes: Vec<Scope>,
+    pub reach: super::Reach,
 }
 
 /// SHA-256 of a bearer token, as the config stores it. Compared in constant time, so that

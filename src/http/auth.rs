@@ -2,13 +2,13 @@
 //! constant time; the token itself is never stored or logged.
 
 use super::{ApiError, AppState};
-use crate::domain::{token_digest, Scope};
+use crate::domain::{token_digest, Actor, Scope};
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts, StatusCode};
 
 /// The authenticated caller of a request.
 pub(super) struct Caller {
-    pub name: String,
+    pub actor: Actor,
     scopes: Vec<Scope>,
 }
 
@@ -23,7 +23,11 @@ impl Caller {
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("token {:?} lacks the scope {}", self.name, scope.as_str()),
+            format!(
+                "token {:?} lacks the scope {}",
+                self.actor.name,
+                scope.as_str()
+            ),
         ))
     }
 }
@@ -55,8 +59,14 @@ impl FromRequestParts<AppState> for Caller {
             }
         });
         let t = found.ok_or_else(|| ApiError::unauthorized("unknown token"))?;
+        // Set by `SetRequestIdLayer` (or the caller) before any handler runs.
+        let request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         Ok(Caller {
-            name: t.name.clone(),
+            actor: Actor::caller(&t.name, request_id, t.reach.clone()),
             scopes: t.scopes.clone(),
         })
     }

@@ -198,7 +198,7 @@ pub(super) async fn create(
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<(StatusCode, Json<EnvView>), ApiError> {
     caller.require(Scope::Write)?;
-    let (env, created) = state.envs.create(body.parse()?).await?;
+    let (env, created) = state.envs.create(body.parse()?, &caller.actor).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -253,7 +253,7 @@ pub(super) async fn list(
             filter.labels.insert(k, v);
         }
     }
-    let mut records = state.envs.list(&filter).await?;
+    let mut records = state.envs.list(&filter, &caller.actor).await?;
     let next = if records.len() as i64 > limit {
         records.truncate(limit as usize);
         records
@@ -282,7 +282,13 @@ pub(super) async fn get(
     if q.reveal {
         caller.require(Scope::Reveal)?;
     }
-    Ok(Json(state.envs.get(&reference, q.reveal).await?.into()))
+    Ok(Json(
+        state
+            .envs
+            .get(&reference, q.reveal, &caller.actor)
+            .await?
+            .into(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -300,7 +306,13 @@ pub(super) async fn delete(
     ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> Result<Json<EnvView>, ApiError> {
     caller.require(Scope::Delete)?;
-    Ok(Json(state.envs.delete(&reference, q.wait).await?.into()))
+    Ok(Json(
+        state
+            .envs
+            .delete(&reference, q.wait, &caller.actor)
+            .await?
+            .into(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -317,7 +329,13 @@ pub(super) async fn extend(
 ) -> Result<Json<EnvView>, ApiError> {
     caller.require(Scope::Write)?;
     let ttl = Ttl::parse(&body.ttl).map_err(|e| ApiError::invalid(e.to_string()))?;
-    Ok(Json(state.envs.extend(&reference, ttl).await?.into()))
+    Ok(Json(
+        state
+            .envs
+            .extend(&reference, ttl, &caller.actor)
+            .await?
+            .into(),
+    ))
 }
 
 pub(super) async fn rotate_credentials(
@@ -327,7 +345,11 @@ pub(super) async fn rotate_credentials(
 ) -> Result<Json<EnvView>, ApiError> {
     caller.require(Scope::Write)?;
     Ok(Json(
-        state.envs.rotate_credentials(&reference).await?.into(),
+        state
+            .envs
+            .rotate_credentials(&reference, &caller.actor)
+            .await?
+            .into(),
     ))
 }
 
@@ -337,7 +359,9 @@ pub(super) async fn reset(
     ApiPath(reference): ApiPath<String>,
 ) -> Result<Json<EnvView>, ApiError> {
     caller.require(Scope::Write)?;
-    Ok(Json(state.envs.reset(&reference).await?.into()))
+    Ok(Json(
+        state.envs.reset(&reference, &caller.actor).await?.into(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -361,7 +385,7 @@ pub(super) async fn migrate(
 ) -> Result<Json<MigrateView>, ApiError> {
     caller.require(Scope::Write)?;
     let files = migration_files(body.migrations)?;
-    let (env, applied) = state.envs.migrate(&reference, files).await?;
+    let (env, applied) = state.envs.migrate(&reference, files, &caller.actor).await?;
     Ok(Json(MigrateView {
         applied,
         environment: env.into(),

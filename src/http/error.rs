@@ -68,6 +68,7 @@ impl From<ServiceError> for ApiError {
         let (status, code, retry_after) = match e.class() {
             Class::Invalid => (S::UNPROCESSABLE_ENTITY, "invalid_input", None),
             Class::NotFound => (S::NOT_FOUND, "not_found", None),
+            Class::Forbidden => (S::FORBIDDEN, "forbidden", None),
             Class::Conflict => (S::CONFLICT, "settings_conflict", None),
             Class::NotReady => (S::CONFLICT, "not_ready", None),
             Class::Cancelled => (S::CONFLICT, "cancelled", None),

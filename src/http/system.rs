@@ -45,5 +45,5 @@ pub(super) async fn sweep(
     caller: Caller,
 ) -> Result<Json<SweepReport>, ApiError> {
     caller.require(Scope::Delete)?;
-    Ok(Json(state.envs.sweep().await?))
+    Ok(Json(state.envs.sweep(&caller.actor).await?))
 }

@@ -10,9 +10,10 @@ use super::{
 };
 use crate::backend::registry::Target;
 use crate::backend::ProvisionRequest;
+use crate::domain::Actor;
 use crate::metrics::Operation;
 use crate::service::lease::Purpose;
-use crate::store::{EnvRecord, State, StoredConnection};
+use crate::store::{EnvRecord, Insert, KeyQuota, State, StoredConnection};
 use chrono::{SubsecRound, Utc};
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,11 +41,12 @@ enum Start {
 impl Environments {
     /// Creates the environment of `spec.key`, or returns the live one when its settings match
     /// (`Ok((env, false))`). Runs to completion even if the caller goes away.
-    pub async fn create(self: &Arc<Self>, spec: CreateSpec) -> Result<(Env, bool)> {
+    pub async fn create(self: &Arc<Self>, spec: CreateSpec, actor: &Actor) -> Result<(Env, bool)> {
         let this = self.clone();
+        let actor = actor.clone();
         join(spawn_in_span(async move {
             let started = Instant::now();
-            let result = this.create_inner(spec).await;
+            let result = this.create_inner(spec, &actor).await;
             if let Ok((env, created)) = &result {
                 this.metrics
                     .create_answered(&env.record.target, *created, started.elapsed());
@@ -59,7 +61,7 @@ impl Environments {
         .await
     }
 
-    async fn create_inner(&self, spec: CreateSpec) -> Result<(Env, bool)> {
+    async fn create_inner(&self, spec: CreateSpec, actor: &Actor) -> Result<(Env, bool)> {
         let terms = |name: &str| {
             let t = self.targets.get(name)?;
             Some(Terms {
@@ -68,6 +70,7 @@ impl Environments {
             })
         };
         let plan = plan::resolve(&spec, &self.defaults, &self.blueprints, terms)?;
+        within_reach(&spec, &plan, actor)?;
         let target = self.target(&plan.target)?;
         let deadline = Deadline::after(plan.budget);
         let lease = self
@@ -79,7 +82,9 @@ impl Environments {
                 Start::Answer(env) => return Ok((env, false)),
                 Start::Resume(record) => (record, true),
                 Start::Fresh => {
-                    let record = self.insert_record(&spec, &plan, target, &deadline).await?;
+                    let record = self
+                        .insert_record(&spec, &plan, target, &deadline, actor)
+                        .await?;
                     (record, false)
                 }
             };
@@ -146,6 +151,7 @@ impl Environments {
         plan: &Plan,
         target: &Target,
         deadline: &Deadline,
+        actor: &Actor,
     ) -> Result<EnvRecord> {
         // Stored timestamps have microsecond precision; answer what will be read back.
         let now = Utc::now().trunc_subsecs(6);
@@ -178,17 +184,29 @@ impl Environments {
             size_bytes: None,
             lock_reason: None,
         };
-        if !self
+        let likes = actor
+            .reach
+            .key_likes()
+            .unwrap_or_else(|| vec!["%".to_owned()]);
+        let quota = actor.reach.max_live.map(|max_live| KeyQuota {
+            likes: &likes,
+            max_live,
+        });
+        match self
             .store
-            .insert_within(&record, target.max_environments)
+            .insert_within(&record, target.max_environments, quota)
             .await?
         {
-            return Err(ServiceError::AtCapacity(format!(
+            Insert::Recorded => Ok(record),
+            Insert::TargetFull => Err(ServiceError::AtCapacity(format!(
                 "target {:?} holds its maximum of {} environments",
                 target.name, target.max_environments
-            )));
+            ))),
+            Insert::QuotaFull { live } => Err(ServiceError::AtCapacity(format!(
+                "{:?} holds {live} live environments, its max_live; delete one first",
+                actor.name
+            ))),
         }
-        Ok(record)
     }
 
     /// Makes (or, `resuming` an interrupted provision, finishes) what `record` names, and
@@ -249,6 +267,29 @@ impl Environments {
         self.store.mark_deleted(rec.id, false).await?;
         Ok(())
     }
+}
+
+/// Refuses a create outside the caller's reach: a key outside its patterns, or a target or
+/// blueprint it was not given.
+fn within_reach(spec: &CreateSpec, plan: &Plan, actor: &Actor) -> Result<()> {
+    let reach = &actor.reach;
+    let blueprint = plan.blueprint.as_ref().map(|b| b.name.as_str());
+    let refusal = if !reach.covers_key(spec.key.as_str()) {
+        format!("key {:?} is outside the token's keys", spec.key.as_str())
+    } else if !reach.allows_target(&plan.target) {
+        format!("target {:?} is not among the token's targets", plan.target)
+    } else if !reach.allows_blueprint(blueprint) {
+        format!(
+            "blueprint {:?} is not among the token's blueprints",
+            blueprint.unwrap_or_default()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(ServiceError::Forbidden(format!(
+        "{:?} may not create this environment: {refusal}",
+        actor.name
+    )))
 }
 
 fn request(

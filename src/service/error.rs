@@ -27,6 +27,9 @@ pub enum ServiceError {
     Invalid(#[from] InvalidInput),
     #[error("no environment matches {0:?}")]
     NotFound(String),
+    /// Out of the caller's reach (its token's keys, targets or blueprints).
+    #[error("{0}")]
+    Forbidden(String),
     /// The key's environment exists with other settings.
     #[error("{0}")]
     Conflict(String),
@@ -67,6 +70,7 @@ pub type Result<T> = std::result::Result<T, ServiceError>;
 pub enum Class {
     Invalid,
     NotFound,
+    Forbidden,
     Conflict,
     NotReady,
     Cancelled,
@@ -95,6 +99,7 @@ impl ServiceError {
         match self {
             ServiceError::Invalid(_) => Class::Invalid,
             ServiceError::NotFound(_) => Class::NotFound,
+            ServiceError::Forbidden(_) => Class::Forbidden,
             ServiceError::Conflict(_) => Class::Conflict,
             ServiceError::NotReady(_) => Class::NotReady,
             ServiceError::AtCapacity(_) => Class::AtCapacity,
@@ -118,6 +123,7 @@ impl ServiceError {
             Class::Conflict | Class::Cancelled => "conflict",
             Class::Invalid
             | Class::NotFound
+            | Class::Forbidden
             | Class::NotReady
             | Class::Locked
             | Class::MigrationFailed => "rejected",

@@ -8,7 +8,7 @@ use crate::backend::registry::Target;
 use crate::backend::Support;
 use crate::domain::Secret;
 use crate::domain::SourceFile;
-use crate::domain::{Connection, InvalidInput, Ttl};
+use crate::domain::{Actor, Connection, InvalidInput, Ttl};
 use crate::metrics::Operation;
 use crate::service::lease::Purpose;
 use crate::store::{EnvRecord, ListFilter, State, StoredConnection};
@@ -34,8 +34,21 @@ impl Environments {
     /// Finds an environment by reference: a canonical UUID (`8-4-4-4-12` hex) is an id first,
     /// and a key when no environment has that id; anything else is a key (the live
     /// environment, else the latest tombstone).
-    pub async fn find(&self, reference: &str) -> Result<EnvRecord> {
-        let by_id = match canonical_uuid(reference) {
+    ///
+    /// Refused when the key is out of `actor`'s reach: a key reference before any lookup (so
+    /// that nobody learns which keys exist outside its own), an id once found.
+    pub async fn find(&self, reference: &str, actor: &Actor) -> Result<EnvRecord> {
+        let out_of_reach = |key: &str| {
+            ServiceError::Forbidden(format!(
+                "{:?} may not act on environment {key:?}: its key is outside the token's keys",
+                actor.name
+            ))
+        };
+        let id = canonical_uuid(reference);
+        if id.is_none() && !actor.reach.covers_key(reference) {
+            return Err(out_of_reach(reference));
+        }
+        let by_id = match id {
             Some(id) => self.store.get_by_id(id).await?,
             None => None,
         };
@@ -43,11 +56,15 @@ impl Environments {
             Some(record) => Some(record),
             None => self.store.get_by_key(reference).await?,
         };
-        found.ok_or_else(|| ServiceError::NotFound(reference.to_owned()))
+        let record = found.ok_or_else(|| ServiceError::NotFound(reference.to_owned()))?;
+        if !actor.reach.covers_key(&record.key) {
+            return Err(out_of_reach(&record.key));
+        }
+        Ok(record)
     }
 
-    pub async fn get(&self, reference: &str, reveal: bool) -> Result<Env> {
-        let record = self.find(reference).await?;
+    pub async fn get(&self, reference: &str, reveal: bool, actor: &Actor) -> Result<Env> {
+        let record = self.find(reference, actor).await?;
         let password = if reveal && record.state == State::Ready {
             Some(self.open_password(&record)?)
         } else {
@@ -56,20 +73,28 @@ impl Environments {
         Ok(Env { record, password })
     }
 
-    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<EnvRecord>> {
-        Ok(self.store.list(filter).await?)
+    /// Lists what `filter` asks for among the keys within `actor`'s reach.
+    pub async fn list(&self, filter: &ListFilter, actor: &Actor) -> Result<Vec<EnvRecord>> {
+        let keys = actor.reach.key_likes();
+        Ok(self.store.list(filter, keys.as_deref()).await?)
     }
 
     /// Revokes the credentials and ends the sessions, then answers the tombstone (also for an
     /// already deleted one); the data is dropped right after, or before the answer with
     /// `wait_for_data` (the tombstone's `purged`). A create, reset or migrate of the key still
     /// running is stopped first.
-    pub async fn delete(self: &Arc<Self>, reference: &str, wait_for_data: bool) -> Result<Env> {
+    pub async fn delete(
+        self: &Arc<Self>,
+        reference: &str,
+        wait_for_data: bool,
+        actor: &Actor,
+    ) -> Result<Env> {
         let this = self.clone();
         let reference = reference.to_owned();
+        let actor = actor.clone();
         join(spawn_in_span(async move {
             let result = async {
-                let record = this.find(&reference).await?;
+                let record = this.find(&reference, &actor).await?;
                 this.leases.cancel(&record.key).await?;
                 let deadline = Deadline::after(this.target(&record.target)?.provision_timeout);
                 this.delete_leased(record.id, &record.key, &deadline, wait_for_data)
@@ -201,6 +226,7 @@ impl Environments {
         operation: Operation,
         purpose: Purpose,
         reference: &str,
+        actor: &Actor,
         op: F,
     ) -> Result<T>
     where
@@ -216,9 +242,10 @@ impl Environments {
     {
         let this = self.clone();
         let reference = reference.to_owned();
+        let actor = actor.clone();
         join(spawn_in_span(async move {
             let result = async {
-                let record = this.find(&reference).await?;
+                let record = this.find(&reference, &actor).await?;
                 let target = this.target(&record.target)?;
                 let deadline = Deadline::after(target.provision_timeout);
                 let lease = this.leases.acquire(&record.key, purpose, &deadline).await?;
@@ -253,7 +280,7 @@ impl Environments {
         .await
     }
 
-    pub async fn extend(self: &Arc<Self>, reference: &str, ttl: Ttl) -> Result<Env> {
+    pub async fn extend(self: &Arc<Self>, reference: &str, ttl: Ttl, actor: &Actor) -> Result<Env> {
         let ttl = plan::within_max(ttl, &self.defaults)
             .map_err(ServiceError::from)
             .inspect_err(|e| self.count(Operation::Extend, Err(e)))?;
@@ -261,6 +288,7 @@ impl Environments {
             Operation::Extend,
             Purpose::Extend,
             reference,
+            actor,
             move |this, mut record, target, _| {
                 Box::pin(async move {
                     let expires_at = Utc::now().trunc_subsecs(6) + ttl.as_chrono();
@@ -275,11 +303,16 @@ impl Environments {
         .await
     }
 
-    pub async fn rotate_credentials(self: &Arc<Self>, reference: &str) -> Result<Env> {
+    pub async fn rotate_credentials(
+        self: &Arc<Self>,
+        reference: &str,
+        actor: &Actor,
+    ) -> Result<Env> {
         self.with_ready(
             Operation::Rotate,
             Purpose::Rotate,
             reference,
+            actor,
             |this, mut record, target, _| {
                 Box::pin(async move {
                     refuse_locked(&record)?;
@@ -303,11 +336,12 @@ impl Environments {
 
     /// Back to the blueprint with the same credentials; a locked environment (over its quota)
     /// is let in again, since its data is gone.
-    pub async fn reset(self: &Arc<Self>, reference: &str) -> Result<Env> {
+    pub async fn reset(self: &Arc<Self>, reference: &str, actor: &Actor) -> Result<Env> {
         self.with_ready(
             Operation::Reset,
             Purpose::Reset,
             reference,
+            actor,
             |this, mut record, target, deadline| {
                 Box::pin(async move {
                     let blueprint = record
@@ -342,11 +376,13 @@ impl Environments {
         self: &Arc<Self>,
         reference: &str,
         migrations: Vec<SourceFile>,
+        actor: &Actor,
     ) -> Result<(Env, usize)> {
         self.with_ready(
             Operation::Migrate,
             Purpose::Migrate,
             reference,
+            actor,
             move |this, record, target, deadline| {
                 Box::pin(async move {
                     refuse_locked(&record)?;

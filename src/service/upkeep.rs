@@ -6,6 +6,7 @@ use super::{join, plan, spawn_in_span, Deadline, Environments, Result, ServiceEr
 use crate::backend::registry::Target;
 use crate::backend::BlueprintStatus;
 use crate::blueprint::Blueprint;
+use crate::domain::Actor;
 use crate::service::lease::Purpose;
 use crate::store::{EnvRecord, State};
 use chrono::Utc;
@@ -88,11 +89,13 @@ impl Environments {
 
     /// Deletes every expired environment now. Each is checked again under its key's lease (an
     /// extend may have come first), and the answer lists only what this sweep tore down
-    /// itself: another replica's sweep may have been first.
-    pub async fn sweep(self: &Arc<Self>) -> Result<SweepReport> {
+    /// itself: another replica's sweep may have been first. A caller whose reach is limited
+    /// to some keys sweeps only those.
+    pub async fn sweep(self: &Arc<Self>, actor: &Actor) -> Result<SweepReport> {
         let mut report = SweepReport::default();
         let now = Utc::now();
-        for rec in self.store.expired(now).await? {
+        let keys = actor.reach.key_likes();
+        for rec in self.store.expired(now, keys.as_deref()).await? {
             let this = self.clone();
             let (id, key, target) = (rec.id, rec.key.clone(), rec.target.clone());
             let outcome = join(spawn_in_span(async move {
@@ -255,7 +258,7 @@ pub async fn run_upkeep(envs: Arc<Environments>, interval: Duration) {
             Ok(n) => tracing::info!(count = n, "reconciled unfinished environments"),
             Err(e) => tracing::warn!(error = %e.chain(), "reconciliation failed"),
         }
-        match envs.sweep().await {
+        match envs.sweep(&Actor::upkeep("sweeper")).await {
             Ok(r) if !r.deleted.is_empty() || !r.failed.is_empty() => {
                 tracing::info!(
                     deleted = r.deleted.len(),

@@ -99,42 +99,63 @@ impl Store {
         Ok(())
     }
 
-    /// Records a new environment unless its target already holds `max_live` live ones. One
-    /// statement: the target's row in `target_usage` is bumped only while under the limit, and
-    /// the environment is inserted only when it was (concurrent creates queue on that row for
-    /// the length of a commit, never overshoot). Answers whether it was recorded.
-    pub async fn insert_within(&self, r: &EnvRecord, max_live: u32) -> Result<bool> {
-        let inserted = self
-            .pool
-            .get()
-            .await?
-            .execute(
-                "WITH place AS ( \
-                   INSERT INTO target_usage AS u (target, live) SELECT $3, 1 WHERE $13::bigint > 0 \
-                   ON CONFLICT (target) DO UPDATE SET live = u.live + 1 WHERE u.live < $13 \
-                   RETURNING 1) \
-                 INSERT INTO environments (id, key, target, isolation, blueprint, blueprint_hash, \
-                   settings_digest, state, resources, labels, created_at, updated_at, expires_at, \
-                   teardown_pending) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, true FROM place",
-                &[
-                    &r.id,
-                    &r.key,
-                    &r.target,
-                    &r.isolation.as_str(),
-                    &r.blueprint,
-                    &r.blueprint_hash,
-                    &r.settings_digest,
-                    &r.state.as_str(),
-                    &resources_json(&r.resources),
-                    &serde_json::to_value(&r.labels).expect("labels serialise"),
-                    &r.created_at,
-                    &r.expires_at,
-                    &i64::from(max_live),
-                ],
-            )
+    /// Records a new environment unless its target already holds `max_live` live ones, or the
+    /// caller's `quota` is used up. The target's row in `target_usage` is bumped only while
+    /// under the limit, and the environment is inserted only when it was (concurrent creates
+    /// queue on that row for the length of a commit, never overshoot). A quota's count is
+    /// taken under a transaction-scoped lock on its patterns, for the same reason.
+    pub async fn insert_within(
+        &self,
+        r: &EnvRecord,
+        max_live: u32,
+        quota: Option<KeyQuota<'_>>,
+    ) -> Result<Insert> {
+        let mut client = self.pool.get().await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 13] = [
+            &r.id,
+            &r.key,
+            &r.target,
+            &r.isolation.as_str(),
+            &r.blueprint,
+            &r.blueprint_hash,
+            &r.settings_digest,
+            &r.state.as_str(),
+            &resources_json(&r.resources),
+            &serde_json::to_value(&r.labels).expect("labels serialise"),
+            &r.created_at,
+            &r.expires_at,
+            &i64::from(max_live),
+        ];
+        let Some(quota) = quota else {
+            let inserted = client.execute(INSERT_WITHIN_TARGET, &params).await?;
+            return Ok(if inserted == 1 {
+                Insert::Recorded
+            } else {
+                Insert::TargetFull
+            });
+        };
+        let tx = client.transaction().await?;
+        let lock = advisory_key("max_live", &quota.likes.join("\n"));
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])
             .await?;
-        Ok(inserted == 1)
+        let live: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM environments \
+                 WHERE state IN ('provisioning', 'ready', 'deleting') AND key LIKE ANY($1)",
+                &[&quota.likes],
+            )
+            .await?
+            .get(0);
+        if live >= i64::from(quota.max_live) {
+            tx.rollback().await?;
+            return Ok(Insert::QuotaFull { live });
+        }
+        if tx.execute(INSERT_WITHIN_TARGET, &params).await? == 0 {
+            tx.rollback().await?;
+            return Ok(Insert::TargetFull);
+        }
+        tx.commit().await?;
+        Ok(Insert::Recorded)
     }
 
     pub async fn mark_ready(
@@ -260,13 +281,15 @@ impl Store {
     }
 
     /// Newest first; `LIMIT NULL` is no limit, so nothing is ever cut off unless asked for.
-    pub async fn list(&self, f: &ListFilter) -> Result<Vec<EnvRecord>> {
+    /// With `keys` (`LIKE` patterns), only keys matching one of them.
+    pub async fn list(&self, f: &ListFilter, keys: Option<&[String]>) -> Result<Vec<EnvRecord>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM environments \
              WHERE ($1::text IS NULL OR key = $1) AND ($2::text IS NULL OR target = $2) \
                AND (CASE WHEN $3::text IS NULL THEN state <> 'deleted' ELSE state = $3 END) \
                AND labels @> $4::jsonb \
                AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid)) \
+               AND ($8::text[] IS NULL OR key LIKE ANY($8)) \
              ORDER BY created_at DESC, id DESC LIMIT $5::bigint"
         );
         let labels = serde_json::to_value(&f.labels).expect("labels serialise");
@@ -281,6 +304,7 @@ impl Store {
                 &f.limit,
                 &after_at,
                 &after_id,
+                &keys,
             ],
         )
         .await
@@ -333,12 +357,17 @@ impl Store {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// Ready environments whose time is up.
-    pub async fn expired(&self, now: DateTime<Utc>) -> Result<Vec<EnvRecord>> {
+    /// Ready environments whose time is up; with `keys` (`LIKE` patterns), only theirs.
+    pub async fn expired(
+        &self,
+        now: DateTime<Utc>,
+        keys: Option<&[String]>,
+    ) -> Result<Vec<EnvRecord>> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM environments WHERE state = 'ready' AND expires_at <= $1"
+            "SELECT {COLUMNS} FROM environments WHERE state = 'ready' AND expires_at <= $1 \
+             AND ($2::text[] IS NULL OR key LIKE ANY($2))"
         );
-        self.query(&sql, &[&now]).await
+        self.query(&sql, &[&now, &keys]).await
     }
 
     /// Rows that may have left something behind: interrupted provisions and teardowns, and
@@ -414,4 +443,30 @@ impl Store {
 
 fn resources_json(resources: &Resources) -> serde_json::Value {
     serde_json::to_value(resources).expect("resources are plain strings")
+}
+
+/// The insert of `Store::insert_within`: the environment, only if the target's count of live
+/// ones could be bumped under its limit (`$13`).
+const INSERT_WITHIN_TARGET: &str = "WITH place AS ( \
+       INSERT INTO target_usage AS u (target, live) SELECT $3, 1 WHERE $13::bigint > 0 \
+       ON CONFLICT (target) DO UPDATE SET live = u.live + 1 WHERE u.live < $13 \
+       RETURNING 1) \
+     INSERT INTO environments (id, key, target, isolation, blueprint, blueprint_hash, \
+       settings_digest, state, resources, labels, created_at, updated_at, expires_at, \
+       teardown_pending) \
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, true FROM place";
+
+/// A limit on the live environments among some keys: a token's `max_live` over its `keys`
+/// (as `LIKE` patterns).
+pub struct KeyQuota<'a> {
+    pub likes: &'a [String],
+    pub max_live: u32,
+}
+
+/// What `Store::insert_within` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Insert {
+    Recorded,
+    TargetFull,
+    QuotaFull { live: i64 },
 }

@@ -19,6 +19,7 @@ mod neon_backend;
 mod openapi;
 mod resilience;
 mod schema_isolation;
+mod scoped_tokens;
 mod secrets;
 mod soak;
 mod sqlexec;

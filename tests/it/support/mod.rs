@@ -82,6 +82,7 @@ impl Cluster {
                 name: name.into(),
                 sha256: token_digest(token),
                 scopes,
+                reach: Default::default(),
             });
         }
         // Tests that want blueprints configure their own.
