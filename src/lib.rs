@@ -19,7 +19,7 @@
 //! - [`sqlexec`]: the SQL file executor (pg_dump output, seeds) and the migration formats.
 //! - [`pgconn`]: how every connection to PostgreSQL is made (sslmode, TLS), advisory-lock ids.
 //! - [`domain`]: values parsed once at the edge, secrets that never print, an environment's
-//!   connection and resources.
+//!   connection and resources, and who acts (`Actor`) with what it may reach (`Reach`).
 //! - [`embedded`], [`dev`]: the private PostgreSQL of `previewdb dev` and of the tests.
 
 pub mod backend;
