@@ -48,10 +48,18 @@ impl Inner {
 
     /// What a delete waits for: the role locked out and its database closed to everyone
     /// (grants revoked, connections refused, sessions ended). The data goes with `teardown`.
+    ///
+    /// A burst of deletes queues for the few guarded sessions. Each waits as long as its
+    /// caller's deadline allows (every caller bounds this call), not the pool's own 30 s: a
+    /// delete that has time left must not fail on a pool timeout.
     pub(super) async fn close(&self, db: &PgIdent, role: &PgIdent) -> Result<(), BackendError> {
+        let within_deadline = deadpool_postgres::Timeouts {
+            wait: None,
+            ..self.guarded.timeouts()
+        };
         let conn = self
             .guarded
-            .get()
+            .timeout_get(&within_deadline)
             .await
             .map_err(|e| BackendError::Unavailable {
                 message: crate::pgconn::describe(&e),
