@@ -98,6 +98,14 @@ struct PoolLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    /// The webhook's configured name.
+    webhook: String,
+    /// `delivered` or `failed` (an attempt that will be retried).
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -113,6 +121,7 @@ pub struct Metrics {
     sweep_failed: Counter,
     requests: Family<RequestLabels, Counter>,
     request_duration: Histograms<RouteLabels>,
+    webhook_deliveries: Family<WebhookLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -162,6 +171,12 @@ impl Metrics {
             "HTTP request latency by method and matched route",
             Histograms::<RouteLabels>::new_with_constructor(|| Histogram::new(REQUEST_BUCKETS)),
         );
+        let webhook_deliveries = registered(
+            &mut registry,
+            "webhook_deliveries",
+            "Webhook delivery attempts of this process by webhook and outcome (delivered, failed)",
+            Family::<WebhookLabels, Counter>::default(),
+        );
         registered(
             &mut registry,
             "build_info",
@@ -180,7 +195,18 @@ impl Metrics {
             sweep_failed,
             requests,
             request_duration,
+            webhook_deliveries,
         }
+    }
+
+    /// A webhook delivery attempt: `delivered` or `failed`.
+    pub fn webhook_delivery(&self, webhook: &str, outcome: &'static str) {
+        self.webhook_deliveries
+            .get_or_create(&WebhookLabels {
+                webhook: webhook.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     /// Counts an operation that ended in `outcome` (`ok`, `created`, `existing`, or the
@@ -237,6 +263,8 @@ pub struct Snapshot {
     pub environments: Option<Vec<(String, &'static str, i64)>>,
     /// Locked environments by target, zeros included; `None` when not answered.
     pub locked: Option<Vec<(String, i64)>>,
+    /// Webhook deliveries not made yet; `None` when not answered.
+    pub webhook_backlog: Option<i64>,
     pub targets: Vec<TargetFigures>,
     /// The warm pool of every blueprint on every target that builds templates and answered.
     pub pools: Vec<PoolFigures>,
@@ -376,6 +404,13 @@ fn register_environments(scrape: &mut Registry, snapshot: &Snapshot) {
         };
         locked.get_or_create(&labels).set(*n);
     }
+    let backlog = registered(
+        scrape,
+        "webhook_backlog",
+        "Webhook deliveries in the outbox not made yet (all replicas)",
+        Gauge::<i64>::default(),
+    );
+    backlog.set(snapshot.webhook_backlog.unwrap_or(0));
 }
 
 fn register_targets(scrape: &mut Registry, snapshot: &Snapshot) {

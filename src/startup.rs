@@ -33,6 +33,7 @@ impl Application {
             targets,
             blueprints,
             defaults,
+            config.audit.clone(),
         );
         let state = AppState {
             envs: envs.clone(),
@@ -74,6 +75,7 @@ impl Application {
             self.envs.clone(),
             self.upkeep_interval,
         ));
+        let deliveries = tokio::spawn(crate::service::run_deliveries(self.envs.clone()));
         let result = match &self.tls {
             Some(tls) => {
                 let listener = crate::listener::TlsListener::new(self.listener, tls)?;
@@ -88,6 +90,7 @@ impl Application {
             }
         };
         lifecycle.abort();
+        deliveries.abort();
         Ok(result?)
     }
 }

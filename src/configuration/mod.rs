@@ -9,6 +9,7 @@ mod raw;
 mod targets;
 mod tls;
 mod tokens;
+mod webhooks;
 
 pub use targets::{CloneStrategy, NeonTargetConfig, PostgresTargetConfig, TargetConfig};
 pub use tls::ListenerTls;
@@ -60,6 +61,8 @@ pub struct Config {
     pub targets: BTreeMap<String, TargetConfig>,
     /// Read when the configuration was loaded, by name.
     pub blueprints: BTreeMap<String, Blueprint>,
+    /// The audit trail and its webhooks.
+    pub audit: crate::service::AuditSettings,
 }
 
 /// Environment variables that override the file.
@@ -150,7 +153,17 @@ impl Config {
             base,
         )?;
         let log_format = log_format(raw.log_format, base)?;
+        let audit = webhooks::resolve(
+            webhooks::RawAudit {
+                retention: raw.audit_retention,
+                expiring_notice: raw.expiring_notice,
+                retry_base: raw.webhook_retry_base,
+                webhooks: raw.webhooks,
+            },
+            base,
+        )?;
         Ok(Config {
+            audit,
             listen,
             tls,
             log_format,

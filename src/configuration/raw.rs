@@ -26,6 +26,11 @@ pub(super) struct RawConfig {
     pub tls_key: Option<PathBuf>,
     pub tls_handshake_timeout: Option<String>,
     pub log_format: Option<String>,
+    pub audit_retention: Option<String>,
+    pub expiring_notice: Option<String>,
+    pub webhook_retry_base: Option<String>,
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
     #[serde(default)]
     pub tokens: Vec<RawToken>,
     #[serde(default)]
@@ -51,6 +56,18 @@ pub(super) struct RawToken {
     pub blueprints: Option<Vec<String>>,
     /// At most this many live environments among its keys.
     pub max_live: Option<u32>,
+}
+
+/// A `[[webhooks]]` entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebhook {
+    pub name: Option<String>,
+    pub url: String,
+    /// The environment variable holding the HMAC secret.
+    pub secret_env: String,
+    /// Event names; every event when left out.
+    pub events: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]

@@ -5,6 +5,7 @@
 mod actor;
 mod connection;
 mod env_key;
+mod event;
 mod extension;
 mod identifier;
 mod isolation;
@@ -19,6 +20,7 @@ mod ttl;
 pub use actor::Actor;
 pub use connection::Connection;
 pub use env_key::EnvKey;
+pub use event::{EventKind, NewEvent, Webhook};
 pub use extension::ExtensionName;
 pub use identifier::PgIdent;
 pub use isolation::Isolation;

@@ -10,11 +10,12 @@ use super::{
 };
 use crate::backend::registry::Target;
 use crate::backend::ProvisionRequest;
-use crate::domain::Actor;
+use crate::domain::{Actor, EventKind, NewEvent};
 use crate::metrics::Operation;
 use crate::service::lease::Purpose;
 use crate::store::{EnvRecord, Insert, KeyQuota, State, StoredConnection};
 use chrono::{SubsecRound, Utc};
+use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 use uuid::Uuid;
@@ -26,6 +27,7 @@ struct Work<'a> {
     target: &'a Target,
     deadline: &'a Deadline,
     lease: &'a Lease,
+    actor: &'a Actor,
 }
 
 /// What a live record of the key leaves for a create to do.
@@ -78,8 +80,12 @@ impl Environments {
             .acquire(spec.key.as_str(), Purpose::Create, &deadline)
             .await?;
         let outcome = async {
-            let (record, resuming) = match self.start(&spec, &plan).await? {
-                Start::Answer(env) => return Ok((env, false)),
+            let (record, resuming) = match self.start(&spec, &plan, actor).await? {
+                Start::Answer(env) => {
+                    self.note(env.record.id, EventKind::HandedOut, actor, serde_json::json!({}))
+                        .await?;
+                    return Ok((env, false));
+                }
                 Start::Resume(record) => (record, true),
                 Start::Fresh => {
                     let record = self
@@ -94,6 +100,7 @@ impl Environments {
                 target,
                 deadline: &deadline,
                 lease: &lease,
+                actor,
             };
             self.provision(work, record, resuming)
                 .await
@@ -108,7 +115,7 @@ impl Environments {
 
     /// Looks at the key's live record (the caller holds the key's lease, so whoever started an
     /// unfinished one is gone).
-    async fn start(&self, spec: &CreateSpec, plan: &Plan) -> Result<Start> {
+    async fn start(&self, spec: &CreateSpec, plan: &Plan, actor: &Actor) -> Result<Start> {
         let Some(existing) = self.store.live_by_key(spec.key.as_str()).await? else {
             return Ok(Start::Fresh);
         };
@@ -131,12 +138,14 @@ impl Environments {
             ))),
             State::Provisioning if same => Ok(Start::Resume(existing)),
             State::Provisioning => {
-                self.abandon(&existing, "interrupted: previewdb stopped while provisioning")
-                    .await?;
+                let why = "interrupted: previewdb stopped while provisioning";
+                let event = NewEvent::new(EventKind::Failed, actor, json!({ "error": why }));
+                self.abandon(&existing, why, &event).await?;
                 Ok(Start::Fresh)
             }
             State::Deleting => {
-                self.finish_delete(&existing).await?;
+                let event = NewEvent::new(EventKind::Deleted, actor, json!({}));
+                self.finish_delete(&existing, &event).await?;
                 Ok(Start::Fresh)
             }
             State::Deleted | State::Failed => unreachable!("not live"),
@@ -227,16 +236,25 @@ impl Environments {
                 // The backend rolled back (or was stopped halfway): tear down once more as a
                 // backstop and remember if that could not complete, so the reconciler finishes it.
                 let pending = target.backend.teardown(&record.resources).await.is_err();
-                self.store.mark_failed(record.id, &message, pending).await?;
+                let event = NewEvent::new(EventKind::Failed, w.actor, json!({ "error": message }));
+                self.store
+                    .mark_failed(record.id, &message, pending, &event)
+                    .await?;
                 tracing::warn!(env = %record.id, error = %e.chain(), "provision failed");
                 return Err(e);
             }
         };
         let stored = StoredConnection::from_connection(&connection);
         let sealed = self.sealer.seal(record.id, connection.password.expose());
+        let detail = json!({
+            "target": record.target,
+            "blueprint": record.blueprint,
+            "expires_at": record.expires_at,
+        });
+        let event = NewEvent::new(EventKind::Created, w.actor, detail);
         if let Err(e) = self
             .store
-            .mark_ready(record.id, &record.resources, &stored, &sealed)
+            .mark_ready(record.id, &record.resources, &stored, &sealed, &event)
             .await
         {
             let _ = target.backend.teardown(&record.resources).await;
@@ -251,20 +269,21 @@ impl Environments {
         })
     }
 
-    /// Tears down what an interrupted provision may have made and records it as failed.
-    pub(super) async fn abandon(&self, rec: &EnvRecord, why: &str) -> Result<()> {
+    /// Tears down what an interrupted provision may have made and records it as failed,
+    /// reported by `event`.
+    pub(super) async fn abandon(&self, rec: &EnvRecord, why: &str, event: &NewEvent) -> Result<()> {
         let backend = &self.target(&rec.target)?.backend;
         let pending = backend.teardown(&rec.resources).await.is_err();
-        self.store.mark_failed(rec.id, why, pending).await?;
+        self.store.mark_failed(rec.id, why, pending, event).await?;
         Ok(())
     }
 
-    pub(super) async fn finish_delete(&self, rec: &EnvRecord) -> Result<()> {
+    pub(super) async fn finish_delete(&self, rec: &EnvRecord, event: &NewEvent) -> Result<()> {
         self.target(&rec.target)?
             .backend
             .teardown(&rec.resources)
             .await?;
-        self.store.mark_deleted(rec.id, false).await?;
+        self.store.mark_deleted(rec.id, false, event).await?;
         Ok(())
     }
 }

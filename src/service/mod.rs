@@ -7,6 +7,8 @@
 //!   background loop that runs them;
 //! - `snapshot`: counts and probes for `/metrics`, `/v1/targets` and readiness;
 //! - `error`: [`ServiceError`] and the guide to every error type;
+//! - `audit`: the audit trail's pages, `expiring` notices and retention;
+//! - `webhooks`: the deliverer of the webhooks' outbox (signed, retried, at-least-once);
 //! - `lease`: per-key leases — one change to a key at a time, across replicas, without holding
 //!   a connection.
 //!
@@ -14,6 +16,7 @@
 //! of its own so that a caller hanging up cannot leave an environment half-made. A DELETE stops
 //! a create, reset or migrate of the same key that is still running, on any replica.
 
+mod audit;
 mod create;
 mod error;
 pub mod lease;
@@ -21,13 +24,16 @@ mod operate;
 mod plan;
 mod snapshot;
 mod upkeep;
+mod webhooks;
 
+pub use audit::{AuditSettings, EventPage, EventsFrom};
 pub use error::{Class, Result, ServiceError};
 pub use lease::{Lease, Leases};
 pub use operate::Env;
 pub use plan::{CreateSpec, Defaults};
 pub use snapshot::TargetView;
 pub use upkeep::{run_upkeep, SweepReport, SweptEnv, NO_WARM_UP_ENV};
+pub use webhooks::run_deliveries;
 
 use crate::backend::registry::Target;
 use crate::blueprint::Blueprint;
@@ -50,6 +56,7 @@ pub struct Environments {
     defaults: Defaults,
     metrics: Metrics,
     probe: tokio::sync::Mutex<snapshot::Probe>,
+    audit: AuditSettings,
 }
 
 impl Environments {
@@ -59,7 +66,9 @@ impl Environments {
         targets: Vec<Target>,
         blueprints: Vec<Blueprint>,
         defaults: Defaults,
+        audit: AuditSettings,
     ) -> Arc<Self> {
+        let store = store.with_webhooks(audit.webhooks.clone());
         let targets = targets.into_iter().map(|t| (t.name.clone(), t)).collect();
         let blueprints = blueprints
             .into_iter()
@@ -74,6 +83,7 @@ impl Environments {
             defaults,
             metrics: Metrics::new(),
             probe: Default::default(),
+            audit,
         })
     }
 

@@ -8,7 +8,7 @@ use crate::backend::registry::Target;
 use crate::backend::Support;
 use crate::domain::Secret;
 use crate::domain::SourceFile;
-use crate::domain::{Actor, Connection, InvalidInput, Ttl};
+use crate::domain::{Actor, Connection, EventKind, InvalidInput, NewEvent, Ttl};
 use crate::metrics::Operation;
 use crate::service::lease::Purpose;
 use crate::store::{EnvRecord, ListFilter, State, StoredConnection};
@@ -97,7 +97,7 @@ impl Environments {
                 let record = this.find(&reference, &actor).await?;
                 this.leases.cancel(&record.key).await?;
                 let deadline = Deadline::after(this.target(&record.target)?.provision_timeout);
-                this.delete_leased(record.id, &record.key, &deadline, wait_for_data)
+                this.delete_leased(record.id, &record.key, &deadline, wait_for_data, &actor)
                     .await
             }
             .await;
@@ -115,22 +115,27 @@ impl Environments {
         key: &str,
         deadline: &Deadline,
         wait_for_data: bool,
+        actor: &Actor,
     ) -> Result<(Env, bool)> {
         let lease = self.leases.acquire(key, Purpose::Delete, deadline).await?;
-        let outcome = self.delete_record(id, None, deadline, wait_for_data).await;
+        let outcome = self
+            .delete_record(id, None, deadline, wait_for_data, actor)
+            .await;
         // Released after the answer: until then the next call for this key waits (here or on another replica).
         spawn_in_span(lease.release());
         outcome
     }
 
     /// Tears down record `id` (the caller holds its key's lease). With `expired_by`, only if it
-    /// is still ready and expired at that moment: an extend may have come first.
+    /// is still ready and expired at that moment: an extend may have come first. `actor` is
+    /// who the `deleted` (or, `expired_by`, `swept`) event names.
     pub(super) async fn delete_record(
         self: &Arc<Self>,
         id: Uuid,
         expired_by: Option<chrono::DateTime<Utc>>,
         deadline: &Deadline,
         wait_for_data: bool,
+        actor: &Actor,
     ) -> Result<(Env, bool)> {
         let record = self
             .store
@@ -153,7 +158,15 @@ impl Environments {
             State::Deleted => false,
             _ if spared => false,
             _ => {
-                self.close(&record, deadline, wait_for_data).await?;
+                let event = match expired_by {
+                    Some(_) => NewEvent::new(
+                        EventKind::Swept,
+                        actor,
+                        serde_json::json!({ "expires_at": record.expires_at }),
+                    ),
+                    None => NewEvent::new(EventKind::Deleted, actor, serde_json::json!({})),
+                };
+                self.close(&record, deadline, wait_for_data, &event).await?;
                 true
             }
         };
@@ -179,6 +192,7 @@ impl Environments {
         record: &EnvRecord,
         deadline: &Deadline,
         wait_for_data: bool,
+        event: &NewEvent,
     ) -> Result<()> {
         let backend = &self.target(&record.target)?.backend;
         if record.state != State::Failed {
@@ -191,7 +205,9 @@ impl Environments {
             }
         };
         let data_left = deadline.run(closing).await.map_err(late_teardown)??;
-        self.store.mark_deleted(record.id, data_left).await?;
+        self.store
+            .mark_deleted(record.id, data_left, event)
+            .await?;
         if data_left {
             self.purge_in_background(record.clone());
         }
@@ -284,6 +300,7 @@ impl Environments {
         let ttl = plan::within_max(ttl, &self.defaults)
             .map_err(ServiceError::from)
             .inspect_err(|e| self.count(Operation::Extend, Err(e)))?;
+        let by = actor.clone();
         self.with_ready(
             Operation::Extend,
             Purpose::Extend,
@@ -293,7 +310,14 @@ impl Environments {
                 Box::pin(async move {
                     let expires_at = Utc::now().trunc_subsecs(6) + ttl.as_chrono();
                     target.backend.extend(&record.resources, expires_at).await?;
-                    this.store.set_expiry(record.id, expires_at).await?;
+                    let detail = serde_json::json!({
+                        "ttl": ttl.to_string(),
+                        "expires_at": expires_at,
+                    });
+                    let event = NewEvent::new(EventKind::Extended, &by, detail);
+                    this.store
+                        .set_expiry(record.id, expires_at, &event)
+                        .await?;
                     record.expires_at = expires_at;
                     let password = Some(this.open_password(&record)?);
                     Ok(Env { record, password })
@@ -308,6 +332,7 @@ impl Environments {
         reference: &str,
         actor: &Actor,
     ) -> Result<Env> {
+        let by = actor.clone();
         self.with_ready(
             Operation::Rotate,
             Purpose::Rotate,
@@ -322,7 +347,10 @@ impl Environments {
                         .await?;
                     let stored = StoredConnection::from_connection(&connection);
                     let sealed = this.sealer.seal(record.id, connection.password.expose());
-                    this.store.set_password(record.id, &stored, &sealed).await?;
+                    let event = NewEvent::new(EventKind::Rotated, &by, serde_json::json!({}));
+                    this.store
+                        .set_password(record.id, &stored, &sealed, &event)
+                        .await?;
                     record.connection = Some(stored);
                     Ok(Env {
                         record,
@@ -337,6 +365,7 @@ impl Environments {
     /// Back to the blueprint with the same credentials; a locked environment (over its quota)
     /// is let in again, since its data is gone.
     pub async fn reset(self: &Arc<Self>, reference: &str, actor: &Actor) -> Result<Env> {
+        let by = actor.clone();
         self.with_ready(
             Operation::Reset,
             Purpose::Reset,
@@ -358,9 +387,11 @@ impl Environments {
                         .reset(&record.resources, blueprint, &password, deadline)
                         .await?;
                     if record.lock_reason.take().is_some() {
-                        this.store.set_lock(record.id, None).await?;
+                        this.store.set_lock(record.id, None, None).await?;
                         tracing::info!(env = %record.id, "reset: environment unlocked");
                     }
+                    this.note(record.id, EventKind::Reset, &by, serde_json::json!({}))
+                        .await?;
                     Ok(Env {
                         record,
                         password: Some(password),
@@ -378,6 +409,7 @@ impl Environments {
         migrations: Vec<SourceFile>,
         actor: &Actor,
     ) -> Result<(Env, usize)> {
+        let by = actor.clone();
         self.with_ready(
             Operation::Migrate,
             Purpose::Migrate,
@@ -406,6 +438,9 @@ impl Environments {
                             &password,
                             deadline,
                         )
+                        .await?;
+                    let detail = serde_json::json!({ "applied": applied });
+                    this.note(record.id, EventKind::Migrated, &by, detail)
                         .await?;
                     Ok((
                         Env {

@@ -59,9 +59,10 @@ impl Environments {
     /// The figures of one `/metrics` scrape: counts from the control store now, targets from
     /// the last probe (probing again when it is older than `PROBE_TTL`).
     pub async fn snapshot(&self) -> Snapshot {
-        let (counts, locked, (up, pools)) = tokio::join!(
+        let (counts, locked, backlog, (up, pools)) = tokio::join!(
             self.store.count_by_target_and_state(),
             self.store.count_locked(),
+            self.store.delivery_backlog(),
             async {
                 let mut probe = self.probe.lock().await;
                 if probe.at.is_none_or(|at| at.elapsed() >= PROBE_TTL) {
@@ -105,6 +106,7 @@ impl Environments {
         Snapshot {
             environments,
             locked,
+            webhook_backlog: backlog.ok(),
             targets,
             pools,
             process: ProcessFigures::read(),

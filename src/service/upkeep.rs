@@ -6,7 +6,7 @@ use super::{join, plan, spawn_in_span, Deadline, Environments, Result, ServiceEr
 use crate::backend::registry::Target;
 use crate::backend::BlueprintStatus;
 use crate::blueprint::Blueprint;
-use crate::domain::Actor;
+use crate::domain::{Actor, EventKind, NewEvent};
 use crate::service::lease::Purpose;
 use crate::store::{EnvRecord, State};
 use chrono::Utc;
@@ -98,11 +98,12 @@ impl Environments {
         for rec in self.store.expired(now, keys.as_deref()).await? {
             let this = self.clone();
             let (id, key, target) = (rec.id, rec.key.clone(), rec.target.clone());
+            let actor = actor.clone();
             let outcome = join(spawn_in_span(async move {
                 let deadline = Deadline::after(this.target(&target)?.provision_timeout);
                 let lease = this.leases.acquire(&key, Purpose::Sweep, &deadline).await?;
                 let result = this
-                    .delete_record(id, Some(Utc::now()), &deadline, false)
+                    .delete_record(id, Some(Utc::now()), &deadline, false, &actor)
                     .await;
                 lease.release().await;
                 match &result {
@@ -159,12 +160,19 @@ impl Environments {
         let Ok(target) = self.target(&rec.target) else {
             return Ok(false);
         };
+        let reconciler = Actor::upkeep("reconciler");
         match rec.state {
             State::Provisioning => {
-                self.abandon(&rec, "interrupted: previewdb stopped while provisioning")
-                    .await?
+                let why = "interrupted: previewdb stopped while provisioning";
+                let detail = serde_json::json!({ "was": "provisioning", "error": why });
+                let event = NewEvent::new(EventKind::Reconciled, &reconciler, detail);
+                self.abandon(&rec, why, &event).await?
             }
-            State::Deleting => self.finish_delete(&rec).await?,
+            State::Deleting => {
+                let detail = serde_json::json!({ "was": "deleting" });
+                let event = NewEvent::new(EventKind::Reconciled, &reconciler, detail);
+                self.finish_delete(&rec, &event).await?
+            }
             State::Failed | State::Deleted if rec.teardown_pending => {
                 target.backend.teardown(&rec.resources).await?;
                 self.store.mark_cleaned(rec.id).await?;
@@ -217,8 +225,10 @@ impl Environments {
                 return Ok(false);
             }
             target.backend.set_locked(&env.resources, over).await?;
+            let detail = serde_json::json!({ "locked": over, "size_bytes": bytes, "quota": quota });
+            let event = NewEvent::new(EventKind::QuotaLocked, &Actor::upkeep("quota"), detail);
             self.store
-                .set_lock(env.id, over.then_some("over_quota"))
+                .set_lock(env.id, over.then_some("over_quota"), Some(&event))
                 .await?;
             Ok::<bool, ServiceError>(true)
         }
@@ -269,7 +279,17 @@ pub async fn run_upkeep(envs: Arc<Environments>, interval: Duration) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e.chain(), "sweep failed"),
         }
+        match envs.notice_expiring().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "expiring notices written"),
+            Err(e) => tracing::warn!(error = %e.chain(), "expiring notices failed"),
+        }
         tokio::time::sleep(interval).await;
+        match envs.prune_events().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "events past their retention removed"),
+            Err(e) => tracing::warn!(error = %e.chain(), "events not pruned"),
+        }
         match envs.collect_garbage().await {
             Ok(d) if !d.is_empty() => {
                 tracing::info!(dropped = ?d, "dropped unused templates and pool databases")

@@ -1,15 +1,17 @@
 //! The control-plane store: previewdb's own state in PostgreSQL, schema from `migrations/`.
 
 mod crypto;
+mod events;
 mod leases;
 mod pool;
 mod record;
 
 pub(crate) use crypto::Sealer;
+pub(crate) use events::{Due, EventQuery, StoredEvent};
 pub(crate) use pool::PoolEntry;
 pub(crate) use record::{EnvRecord, ListFilter, State, StoredConnection};
 
-use crate::domain::Resources;
+use crate::domain::{NewEvent, Resources, Webhook};
 use crate::pgconn::advisory_key;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -43,6 +45,8 @@ pub(crate) type Result<T> = std::result::Result<T, StoreError>;
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// Who is told about events: each event gets an outbox row per webhook that wants it.
+    hooks: std::sync::Arc<[Webhook]>,
 }
 
 const COLUMNS: &str = "id, key, target, isolation, blueprint, blueprint_hash, settings_digest, state, \
@@ -71,9 +75,20 @@ impl Store {
     /// Connects and brings the schema up to date (one replica at a time).
     pub async fn open(url: &str) -> anyhow::Result<Self> {
         let pool = crate::pgconn::PgConnector::parse(url)?.pool(POOL_SIZE)?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            hooks: std::sync::Arc::new([]),
+        };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// The same store, writing outbox rows for `hooks`.
+    pub fn with_webhooks(self, hooks: Vec<Webhook>) -> Self {
+        Self {
+            hooks: hooks.into(),
+            ..self
+        }
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {
@@ -164,8 +179,9 @@ impl Store {
         resources: &Resources,
         connection: &StoredConnection,
         password_sealed: &[u8],
+        event: &NewEvent,
     ) -> Result<()> {
-        self.exec(
+        self.exec_recording(
             "UPDATE environments SET state = 'ready', resources = $2, connection = $3, \
              password_sealed = $4, error = NULL, updated_at = now() WHERE id = $1",
             &[
@@ -174,18 +190,28 @@ impl Store {
                 &serde_json::to_value(connection).expect("connection serialises"),
                 &password_sealed,
             ],
+            id,
+            event,
         )
         .await
     }
 
     /// Records a failure; `teardown_pending` says whether something may remain on the target.
-    pub async fn mark_failed(&self, id: Uuid, error: &str, teardown_pending: bool) -> Result<()> {
-        self.exec(
+    pub async fn mark_failed(
+        &self,
+        id: Uuid,
+        error: &str,
+        teardown_pending: bool,
+        event: &NewEvent,
+    ) -> Result<()> {
+        self.exec_recording(
             &leaving_live(
                 "UPDATE environments SET state = 'failed', error = $2, teardown_pending = $3, \
                  password_sealed = NULL, updated_at = now() WHERE id = $1",
             ),
             &[&id, &error, &teardown_pending],
+            id,
+            event,
         )
         .await
     }
@@ -200,14 +226,16 @@ impl Store {
 
     /// `data_left`: the environment is closed but its data is still to drop (see
     /// `Backend::lock_out`); the reconciler finishes that should this process stop first.
-    pub async fn mark_deleted(&self, id: Uuid, data_left: bool) -> Result<()> {
-        self.exec(
+    pub async fn mark_deleted(&self, id: Uuid, data_left: bool, event: &NewEvent) -> Result<()> {
+        self.exec_recording(
             &leaving_live(
                 "UPDATE environments SET state = 'deleted', teardown_pending = $2, \
                  password_sealed = NULL, deleted_at = coalesce(deleted_at, now()), \
                  updated_at = now() WHERE id = $1",
             ),
             &[&id, &data_left],
+            id,
+            event,
         )
         .await
     }
@@ -220,10 +248,17 @@ impl Store {
         .await
     }
 
-    pub async fn set_expiry(&self, id: Uuid, expires_at: DateTime<Utc>) -> Result<()> {
-        self.exec(
+    pub async fn set_expiry(
+        &self,
+        id: Uuid,
+        expires_at: DateTime<Utc>,
+        event: &NewEvent,
+    ) -> Result<()> {
+        self.exec_recording(
             "UPDATE environments SET expires_at = $2, updated_at = now() WHERE id = $1",
             &[&id, &expires_at],
+            id,
+            event,
         )
         .await
     }
@@ -233,10 +268,13 @@ impl Store {
         id: Uuid,
         connection: &StoredConnection,
         sealed: &[u8],
+        event: &NewEvent,
     ) -> Result<()> {
-        self.exec(
+        self.exec_recording(
             "UPDATE environments SET connection = $2, password_sealed = $3, updated_at = now() WHERE id = $1",
             &[&id, &serde_json::to_value(connection).expect("connection serialises"), &sealed],
+            id,
+            event,
         )
         .await
     }
@@ -416,13 +454,19 @@ impl Store {
         .await
     }
 
-    /// Sets or clears (`None`) the reason logins are refused.
-    pub async fn set_lock(&self, id: Uuid, reason: Option<&str>) -> Result<()> {
-        self.exec(
-            "UPDATE environments SET lock_reason = $2, updated_at = now() WHERE id = $1",
-            &[&id, &reason],
-        )
-        .await
+    /// Sets or clears (`None`) the reason logins are refused; with `event`, reported in the
+    /// same transaction.
+    pub async fn set_lock(
+        &self,
+        id: Uuid,
+        reason: Option<&str>,
+        event: Option<&NewEvent>,
+    ) -> Result<()> {
+        let sql = "UPDATE environments SET lock_reason = $2, updated_at = now() WHERE id = $1";
+        match event {
+            Some(event) => self.exec_recording(sql, &[&id, &reason], id, event).await,
+            None => self.exec(sql, &[&id, &reason]).await,
+        }
     }
 
     /// Live environments locked out, per target.

@@ -9,6 +9,7 @@
 mod action;
 mod api;
 mod api_tls;
+mod audit;
 mod blueprints;
 mod cli;
 mod edges;

@@ -997,6 +997,13 @@ async fn real_answers_match_the_documented_schemas() {
     }
     assert!(swept, "no sweep report with an item to check");
 
+    // The audit trail: of the environment, and of every key.
+    let (status, events) = api.get(&format!("{path}/events?limit=2")).await;
+    assert_eq!(status, StatusCode::OK, "{events}");
+    assert!(!events["items"].as_array().unwrap().is_empty(), "{events}");
+    let (status, events) = api.get("/v1/events?since=2020-01-01T00:00:00Z").await;
+    assert_eq!(status, StatusCode::OK, "{events}");
+
     // Delete: the tombstone, twice; then it is listed only with state=deleted; 409 not ready.
     for _ in 0..2 {
         let (status, deleted) = api.admin(Method::DELETE, &path, Body::None).await;
