@@ -51,13 +51,18 @@ pub(super) fn resolve(raw: RawAudit, base: Option<&Config>) -> anyhow::Result<Au
                     .map(|(j, n)| {
                         EventKind::parse(n).ok_or_else(|| {
                             let known: Vec<_> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
-                            anyhow!("{at}.events[{j}]: unknown event {n:?} (one of {})", known.join(", "))
+                            anyhow!(
+                                "{at}.events[{j}]: unknown event {n:?} (one of {})",
+                                known.join(", ")
+                            )
                         })
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?,
             ),
         };
-        let name = w.name.unwrap_or_else(|| format!("webhook{}", webhooks.len()));
+        let name = w
+            .name
+            .unwrap_or_else(|| format!("webhook{}", webhooks.len()));
         let plain = !name.is_empty()
             && name.len() <= 63
             && name

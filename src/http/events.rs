@@ -62,7 +62,9 @@ pub(super) async fn all(
 ) -> Result<Json<EventsView>, ApiError> {
     caller.require(Scope::Read)?;
     let (from, limit) = q.parse()?;
-    Ok(Json(state.envs.events(from, limit, &caller.actor).await?.into()))
+    Ok(Json(
+        state.envs.events(from, limit, &caller.actor).await?.into(),
+    ))
 }
 
 impl EventsQuery {
@@ -134,7 +136,12 @@ mod tests {
                     .with_timezone(&Utc)
             ))
         );
-        for bad in ["", "yesterday", "2026-13-01T00:00:00Z", &URL_SAFE_NO_PAD.encode("ev1:-3")] {
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            &URL_SAFE_NO_PAD.encode("ev1:-3"),
+        ] {
             assert_eq!(decode(bad), None, "{bad}");
         }
     }

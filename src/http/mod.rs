@@ -134,10 +134,7 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/v1/environments/{ref}/migrate",
             post(environments::migrate),
         )
-        .route(
-            "/v1/environments/{ref}/events",
-            get(events::of_environment),
-        )
+        .route("/v1/environments/{ref}/events", get(events::of_environment))
         .route("/v1/events", get(events::all))
         .route("/v1/blueprints", get(blueprints::list))
         .route("/v1/blueprints/{name}", get(blueprints::get))

@@ -18,7 +18,7 @@ pub struct AuditSettings {
     pub expiring_notice: Duration,
     pub webhooks: Vec<Webhook>,
     /// The first retry of a failed delivery waits this long, each later one twice as long
-    /// (capped at `MAX_RETRY_DELAY`), with jitter.
+    /// (capped at 5 minutes), with jitter.
     pub retry_base: Duration,
 }
 

@@ -82,8 +82,13 @@ impl Environments {
         let outcome = async {
             let (record, resuming) = match self.start(&spec, &plan, actor).await? {
                 Start::Answer(env) => {
-                    self.note(env.record.id, EventKind::HandedOut, actor, serde_json::json!({}))
-                        .await?;
+                    self.note(
+                        env.record.id,
+                        EventKind::HandedOut,
+                        actor,
+                        serde_json::json!({}),
+                    )
+                    .await?;
                     return Ok((env, false));
                 }
                 Start::Resume(record) => (record, true),

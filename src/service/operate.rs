@@ -205,9 +205,7 @@ impl Environments {
             }
         };
         let data_left = deadline.run(closing).await.map_err(late_teardown)??;
-        self.store
-            .mark_deleted(record.id, data_left, event)
-            .await?;
+        self.store.mark_deleted(record.id, data_left, event).await?;
         if data_left {
             self.purge_in_background(record.clone());
         }
@@ -315,9 +313,7 @@ impl Environments {
                         "expires_at": expires_at,
                     });
                     let event = NewEvent::new(EventKind::Extended, &by, detail);
-                    this.store
-                        .set_expiry(record.id, expires_at, &event)
-                        .await?;
+                    this.store.set_expiry(record.id, expires_at, &event).await?;
                     record.expires_at = expires_at;
                     let password = Some(this.open_password(&record)?);
                     Ok(Env { record, password })
@@ -338,7 +334,7 @@ impl Environments {
             Purpose::Rotate,
             reference,
             actor,
-            |this, mut record, target, _| {
+            move |this, mut record, target, _| {
                 Box::pin(async move {
                     refuse_locked(&record)?;
                     let connection = target
@@ -371,7 +367,7 @@ impl Environments {
             Purpose::Reset,
             reference,
             actor,
-            |this, mut record, target, deadline| {
+            move |this, mut record, target, deadline| {
                 Box::pin(async move {
                     let blueprint = record
                         .blueprint

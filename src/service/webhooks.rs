@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Retries wait at most this long.
-pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 /// How long a claimed row is this replica's; well over a post's timeout.
 const LEASE: Duration = Duration::from_secs(30);
 /// A receiver that has not answered by then failed this attempt.
@@ -58,7 +58,11 @@ impl Environments {
             let outcome = post(http, hook, d).await;
             self.metrics.webhook_delivery(
                 &hook.name,
-                if outcome.is_ok() { "delivered" } else { "failed" },
+                if outcome.is_ok() {
+                    "delivered"
+                } else {
+                    "failed"
+                },
             );
             match outcome {
                 Ok(()) => self.store.delivered(d.id).await?,
@@ -77,9 +81,10 @@ impl Environments {
 /// The body of a delivery: the event, and the environment as it is now.
 pub(crate) fn body(d: &Due) -> serde_json::Value {
     let e = &d.event;
-    let environment = d.environment.clone().unwrap_or_else(|| {
-        serde_json::json!({ "id": e.environment_id, "key": e.key })
-    });
+    let environment = d
+        .environment
+        .clone()
+        .unwrap_or_else(|| serde_json::json!({ "id": e.environment_id, "key": e.key }));
     serde_json::json!({
         "id": e.id,
         "at": e.at,
@@ -123,7 +128,9 @@ async fn post(http: &reqwest::Client, hook: &Webhook, d: &Due) -> Result<(), Str
 /// The wait before attempt `attempts + 1`: `base`, doubled per attempt made, capped, times a
 /// random factor of 0.5–1.0 so that receivers coming back are not hit all at once.
 fn backoff(base: Duration, attempts: i32) -> Duration {
-    let exp = u32::try_from(attempts.saturating_sub(1)).unwrap_or(0).min(20);
+    let exp = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(0)
+        .min(20);
     let delay = base.saturating_mul(1 << exp).min(MAX_RETRY_DELAY);
     delay.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
 }

@@ -147,7 +147,10 @@ impl Store {
             .pool
             .get()
             .await?
-            .query(&sql, &[&q.environment, &q.keys, &q.after, &q.since, &q.limit])
+            .query(
+                &sql,
+                &[&q.environment, &q.keys, &q.after, &q.since, &q.limit],
+            )
             .await?;
         Ok(rows.iter().map(StoredEvent::from_row).collect())
     }
@@ -161,7 +164,6 @@ impl Store {
         notice: Duration,
         event: impl Fn(DateTime<Utc>) -> NewEvent,
     ) -> Result<usize> {
-        let notice = chrono::Duration::from_std(notice).unwrap_or(chrono::Duration::MAX);
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let rows = tx
@@ -182,7 +184,6 @@ impl Store {
 
     /// Removes the events of environments deleted (or failed) longer than `retention` ago.
     pub async fn prune_events(&self, retention: Duration) -> Result<u64> {
-        let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
         Ok(self
             .pool
             .get()
@@ -205,7 +206,6 @@ impl Store {
         lease: Duration,
         max: i64,
     ) -> Result<Vec<Due>> {
-        let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
         let sql = format!(
             "WITH claimed AS ( \
                UPDATE deliveries d SET claimed_until = now() + $1::text::interval, \
@@ -254,7 +254,6 @@ impl Store {
 
     /// Gives a claimed row back, due again after `delay`.
     pub async fn retry_delivery(&self, id: Uuid, delay: Duration, error: &str) -> Result<()> {
-        let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
         self.exec(
             "UPDATE deliveries SET next_attempt_at = now() + $2::text::interval, claimed_until = NULL, \
              last_error = $3 WHERE id = $1",
@@ -278,8 +277,8 @@ impl Store {
     }
 }
 
-/// An interval as text PostgreSQL reads (`'1500000 microseconds'`), since tokio-postgres has
-/// no `interval` type of its own.
-fn pg_interval(d: chrono::Duration) -> String {
-    format!("{} microseconds", d.num_microseconds().unwrap_or(i64::MAX))
+/// An interval as text PostgreSQL reads (`1.500000 seconds`), since tokio-postgres has no
+/// `interval` type of its own.
+fn pg_interval(d: Duration) -> String {
+    format!("{:.6} seconds", d.as_secs_f64())
 }

@@ -28,11 +28,17 @@ fn org() -> String {
 }
 
 /// A replica whose upkeep runs every second, with retries 1 s apart at first, and `extra`
-/// tables (webhooks, tokens) and top-level lines.
+/// tables (webhooks, tokens) and top-level lines. Its `expiring_notice` is 1 s unless `top`
+/// says otherwise: the replicas of this module share a control store, and any of them may
+/// notice an expiry (with its own webhooks) unless its notice is shorter.
 async fn replica(top: &str, tables: &str) -> Replica {
     let cluster = cluster_in(&CLUSTER).await;
+    let notice = match top.contains("expiring_notice") {
+        true => "",
+        false => "expiring_notice = \"1s\"\n",
+    };
     let opts = ServeOptions {
-        top: format!("upkeep_interval = \"1s\"\nwebhook_retry_base = \"1s\"\n{top}"),
+        top: format!("upkeep_interval = \"1s\"\nwebhook_retry_base = \"1s\"\n{notice}{top}"),
         tables: tables.to_owned(),
         env: vec![("AUDIT_HOOK_SECRET", SECRET.to_owned())],
         ..Default::default()
@@ -70,7 +76,10 @@ async fn call(
     let res = req.send().await.expect("the replica answers");
     let status = res.status();
     let text = res.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 fn events_path(key: &str) -> String {
@@ -109,7 +118,9 @@ where
 /// A session on the control store.
 async fn control() -> tokio_postgres::Client {
     let cluster = cluster_in(&CLUSTER).await;
-    connect(&cluster.postgres.admin_url("previewdb")).await.unwrap()
+    connect(&cluster.postgres.admin_url("previewdb"))
+        .await
+        .unwrap()
 }
 
 /// How many events of `key` the control store holds (of kind `event`, or all).
@@ -149,7 +160,10 @@ struct Receiver {
 
 impl Receiver {
     async fn start(failures: usize) -> Receiver {
-        Self::start_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), failures)
+        Self::start_on(
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            failures,
+        )
     }
 
     fn start_on(listener: tokio::net::TcpListener, failures: usize) -> Receiver {
@@ -208,13 +222,33 @@ async fn a_sequence_of_changes_is_told_in_order_with_actors_and_request_ids() {
     let r = replica("", "").await;
     let key = format!("{}/web#1", org());
     let started = chrono::Utc::now() - chrono::Duration::seconds(1);
-    // Longer than the `expiring` notice (1 h), so that none comes in between.
+    // Longer than any `expiring` notice (1 h), so that none comes in between.
     let create = json!({ "key": key, "ttl": "3h" });
     let steps: [(Method, String, Option<Value>, &str); 5] = [
-        (Method::POST, "/v1/environments".into(), Some(create.clone()), "rq-create"),
-        (Method::POST, "/v1/environments".into(), Some(create), "rq-again"),
-        (Method::POST, format!("{}/extend", env_path(&key)), Some(json!({ "ttl": "4h" })), "rq-extend"),
-        (Method::POST, format!("{}/credentials", env_path(&key)), None, "rq-rotate"),
+        (
+            Method::POST,
+            "/v1/environments".into(),
+            Some(create.clone()),
+            "rq-create",
+        ),
+        (
+            Method::POST,
+            "/v1/environments".into(),
+            Some(create),
+            "rq-again",
+        ),
+        (
+            Method::POST,
+            format!("{}/extend", env_path(&key)),
+            Some(json!({ "ttl": "4h" })),
+            "rq-extend",
+        ),
+        (
+            Method::POST,
+            format!("{}/credentials", env_path(&key)),
+            None,
+            "rq-rotate",
+        ),
         (Method::DELETE, env_path(&key), None, "rq-delete"),
     ];
     for (method, path, body, id) in steps {
@@ -237,7 +271,9 @@ async fn a_sequence_of_changes_is_told_in_order_with_actors_and_request_ids() {
     let items = all["items"].as_array().unwrap();
     assert_eq!(items[2]["detail"]["ttl"], "4h", "{}", items[2]);
     assert!(items[2]["detail"]["expires_at"].is_string());
-    assert!(items.iter().all(|e| e["outcome"] == "ok" && e["key"] == key.as_str()));
+    assert!(items
+        .iter()
+        .all(|e| e["outcome"] == "ok" && e["key"] == key.as_str()));
 
     // Pages of two by `next`, and a `next` after the last page too.
     let mut paged = vec![];
@@ -253,12 +289,20 @@ async fn a_sequence_of_changes_is_told_in_order_with_actors_and_request_ids() {
         assert_eq!(n, [2, 2, 1, 0][round], "round {round}: {page}");
         assert_eq!(page["more"], round < 2, "round {round}: {page}");
         paged.extend(summary(&page["items"]));
-        since = Some(page["next"].as_str().expect("next is always given").to_owned());
+        since = Some(
+            page["next"]
+                .as_str()
+                .expect("next is always given")
+                .to_owned(),
+        );
     }
     assert_eq!(paged, want);
 
     // All events since a time, as the whole trail: this key's among them, in the same order.
-    let path = format!("/v1/events?limit=1000&since={}", started.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    let path = format!(
+        "/v1/events?limit=1000&since={}",
+        started.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    );
     let (status, page) = call(&r, Method::GET, &path, ADMIN_TOKEN, None, None).await;
     assert_eq!(status, StatusCode::OK, "{page}");
     let mine: Vec<_> = page["items"]
@@ -275,10 +319,20 @@ async fn a_sequence_of_changes_is_told_in_order_with_actors_and_request_ids() {
         ("limit=0", "limit"),
         ("limit=1001", "limit"),
     ] {
-        let (status, problem) =
-            call(&r, Method::GET, &format!("/v1/events?{query}"), ADMIN_TOKEN, None, None).await;
+        let (status, problem) = call(
+            &r,
+            Method::GET,
+            &format!("/v1/events?{query}"),
+            ADMIN_TOKEN,
+            None,
+            None,
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {problem}");
-        assert!(problem["detail"].as_str().unwrap().starts_with(names), "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().starts_with(names),
+            "{problem}"
+        );
     }
 }
 
@@ -286,7 +340,9 @@ async fn a_sequence_of_changes_is_told_in_order_with_actors_and_request_ids() {
 async fn the_sweeper_is_the_actor_of_a_sweep() {
     let r = replica("", "").await;
     let key = format!("{}/web#1", org());
-    let (status, env) = r.post("/v1/environments", json!({ "key": key, "ttl": "2s" })).await;
+    let (status, env) = r
+        .post("/v1/environments", json!({ "key": key, "ttl": "2s" }))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{env}");
     until(Duration::from_secs(20), "swept", || async {
         let (_, page) = r.get(&events_path(&key)).await;
@@ -316,7 +372,10 @@ async fn a_failing_receiver_gets_the_event_on_the_third_try_signed_and_with_one_
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let got = receiver.about(&key);
     assert_eq!(got.len(), 3, "{got:?}");
-    let ids: Vec<String> = got.iter().map(|g| g.header("x-previewdb-delivery")).collect();
+    let ids: Vec<String> = got
+        .iter()
+        .map(|g| g.header("x-previewdb-delivery"))
+        .collect();
     assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
     assert!(uuid::Uuid::parse_str(&ids[0]).is_ok());
     for g in &got {
@@ -343,7 +402,9 @@ async fn a_failing_receiver_gets_the_event_on_the_third_try_signed_and_with_one_
     let (_, metrics) = r.get("/metrics").await;
     let metrics = metrics.as_str().unwrap_or_default().to_owned();
     assert!(
-        metrics.contains("previewdb_webhook_deliveries_total{webhook=\"retry3\",outcome=\"failed\"} 2"),
+        metrics.contains(
+            "previewdb_webhook_deliveries_total{webhook=\"retry3\",outcome=\"failed\"} 2"
+        ),
         "{metrics}"
     );
     assert!(metrics.contains("previewdb_webhook_backlog"), "{metrics}");
@@ -375,9 +436,11 @@ async fn a_delivery_outlives_a_sigkill_of_the_service() {
     let receiver = Receiver::start_on(tokio::net::TcpListener::bind(addr).await.unwrap(), 0);
     r.restart().await;
     // Within a claim's lease (30 s), should the kill have come in the middle of an attempt.
-    until(Duration::from_secs(45), "delivered after the restart", || async {
-        !receiver.about(&key).is_empty()
-    })
+    until(
+        Duration::from_secs(45),
+        "delivered after the restart",
+        || async { !receiver.about(&key).is_empty() },
+    )
     .await;
     let got = receiver.about(&key);
     assert!(signed_correctly(&got[0]));
@@ -388,9 +451,12 @@ async fn a_delivery_outlives_a_sigkill_of_the_service() {
 async fn an_expiring_notice_is_sent_once_across_two_replicas_and_again_after_an_extend() {
     let receiver = Receiver::start(0).await;
     let hook = webhook("expiring2", &receiver.url, &["expiring"]);
-    let (a, b) = tokio::join!(replica("", &hook), replica("", &hook));
+    let notice = "expiring_notice = \"1h\"";
+    let (a, b) = tokio::join!(replica(notice, &hook), replica(notice, &hook));
     let key = format!("{}/web#1", org());
-    let (status, env) = a.post("/v1/environments", json!({ "key": key, "ttl": "30m" })).await;
+    let (status, env) = a
+        .post("/v1/environments", json!({ "key": key, "ttl": "30m" }))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{env}");
     let db = control().await;
     until(Duration::from_secs(10), "a notice", || async {
@@ -402,11 +468,24 @@ async fn an_expiring_notice_is_sent_once_across_two_replicas_and_again_after_an_
     assert_eq!(count_events(&db, &key, Some("expiring")).await, 1);
     assert_eq!(receiver.about(&key).len(), 1);
     let got = receiver.about(&key)[0].json();
-    assert_eq!((got["event"].as_str(), got["actor"].as_str()), (Some("expiring"), Some("sweeper")));
-    assert_eq!(got["detail"]["expires_at"].as_str().map(|s| s[..19].to_owned()),
-        env["expires_at"].as_str().map(|s| s[..19].to_owned()), "{got}");
+    assert_eq!(
+        (got["event"].as_str(), got["actor"].as_str()),
+        (Some("expiring"), Some("sweeper"))
+    );
+    assert_eq!(
+        got["detail"]["expires_at"]
+            .as_str()
+            .map(|s| s[..19].to_owned()),
+        env["expires_at"].as_str().map(|s| s[..19].to_owned()),
+        "{got}"
+    );
     // An extend within the notice arms it again: one more notice, for the new expiry.
-    let (status, _) = b.post(&format!("{}/extend", env_path(&key)), json!({ "ttl": "40m" })).await;
+    let (status, _) = b
+        .post(
+            &format!("{}/extend", env_path(&key)),
+            json!({ "ttl": "40m" }),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     until(Duration::from_secs(10), "a second notice", || async {
         receiver.about(&key).len() == 2
@@ -414,7 +493,18 @@ async fn an_expiring_notice_is_sent_once_across_two_replicas_and_again_after_an_
     .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(count_events(&db, &key, Some("expiring")).await, 2);
-    assert_eq!(receiver.about(&key).len(), 2);
+    let got: Vec<_> = receiver
+        .about(&key)
+        .iter()
+        .map(|r| {
+            (
+                r.header("x-previewdb-delivery"),
+                r.json()["id"].clone(),
+                r.json()["event"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
 }
 
 #[tokio::test]
@@ -426,22 +516,68 @@ async fn a_scoped_token_sees_only_its_keys_events() {
     );
     let r = replica("", &tokens).await;
     let (web, api) = (format!("{org}/web#1"), format!("{org}/api#1"));
-    let (status, _) = call(&r, Method::POST, "/v1/environments", SCOPED_TOKEN, None, Some(json!({ "key": web }))).await;
+    let (status, _) = call(
+        &r,
+        Method::POST,
+        "/v1/environments",
+        SCOPED_TOKEN,
+        None,
+        Some(json!({ "key": web })),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED);
     let (status, _) = r.post("/v1/environments", json!({ "key": api })).await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, page) = call(&r, Method::GET, "/v1/events?limit=1000", SCOPED_TOKEN, None, None).await;
+    let (status, page) = call(
+        &r,
+        Method::GET,
+        "/v1/events?limit=1000",
+        SCOPED_TOKEN,
+        None,
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{page}");
-    let keys: Vec<&str> = page["items"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    let keys: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
     assert_eq!(keys, [web.as_str()], "{page}");
     assert_eq!(page["items"][0]["actor"], "web-ci");
-    let (status, problem) = call(&r, Method::GET, &events_path(&api), SCOPED_TOKEN, None, None).await;
-    assert_eq!((status, problem["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "{problem}");
-    let (status, _) = call(&r, Method::GET, &events_path(&web), SCOPED_TOKEN, None, None).await;
+    let (status, problem) = call(
+        &r,
+        Method::GET,
+        &events_path(&api),
+        SCOPED_TOKEN,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden")),
+        "{problem}"
+    );
+    let (status, _) = call(
+        &r,
+        Method::GET,
+        &events_path(&web),
+        SCOPED_TOKEN,
+        None,
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     // The admin sees both.
     let (_, page) = r.get("/v1/events?limit=1000").await;
-    let both = page["items"].as_array().unwrap().iter().filter(|e| e["key"] == web.as_str() || e["key"] == api.as_str()).count();
+    let both = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["key"] == web.as_str() || e["key"] == api.as_str())
+        .count();
     assert_eq!(both, 2);
 }
 
@@ -467,6 +603,13 @@ async fn events_of_deleted_environments_go_after_the_retention() {
     )
     .await
     .unwrap();
-    until(Duration::from_secs(10), "pruned", || async { count_events(&db, &gone, None).await == 0 }).await;
-    assert_eq!(count_events(&db, &kept, None).await, 1, "a live environment's events stay");
+    until(Duration::from_secs(10), "pruned", || async {
+        count_events(&db, &gone, None).await == 0
+    })
+    .await;
+    assert_eq!(
+        count_events(&db, &kept, None).await,
+        1,
+        "a live environment's events stay"
+    );
 }
