@@ -103,3 +103,76 @@ pub(super) fn resolve(raw: RawAudit, base: Option<&Config>) -> anyhow::Result<Au
         webhooks,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::configuration::Config;
+    use crate::domain::EventKind;
+    use std::path::Path;
+    use std::time::Duration;
+
+    /// A config with `top` lines at the top level and `tables` at the end.
+    fn parse(top: &str, tables: &str) -> anyhow::Result<Config> {
+        let text = format!(
+            "control_url = \"postgres://u@h/db\"\nencryption_key = \"{}\"\n{top}\n\
+             [targets.local]\nkind = \"postgres\"\nadmin_url = \"postgres://a@h/postgres\"\n\
+             public_host = \"h\"\n{tables}",
+            "00".repeat(32)
+        );
+        Config::parse(&text, Path::new("."))
+    }
+
+    const HOOK: &str =
+        "[[webhooks]]\nurl = \"https://h.example/x\"\nsecret_env = \"PREVIEWDB_TEST_HOOK_SECRET\"\n";
+
+    #[test]
+    fn webhooks_read_their_secret_and_events_and_errors_name_the_entry() {
+        std::env::set_var("PREVIEWDB_TEST_HOOK_SECRET", "s3cret");
+        let c = parse("", "").unwrap();
+        assert_eq!(c.audit.retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.audit.expiring_notice, Duration::from_secs(3600));
+        assert!(c.audit.webhooks.is_empty());
+        let c = parse(
+            "audit_retention = \"7d\"",
+            &format!("{HOOK}events = [\"expiring\", \"swept\"]\n{HOOK}"),
+        )
+        .unwrap();
+        assert_eq!(c.audit.retention, Duration::from_secs(7 * 86_400));
+        let names: Vec<_> = c.audit.webhooks.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["webhook0", "webhook1"]);
+        assert_eq!(c.audit.webhooks[0].secret.expose(), "s3cret");
+        assert!(c.audit.webhooks[0].wants(EventKind::Swept));
+        assert!(!c.audit.webhooks[0].wants(EventKind::Created));
+        assert!(c.audit.webhooks[1].wants(EventKind::Created));
+        let unset =
+            "[[webhooks]]\nurl = \"https://h/x\"\nsecret_env = \"PREVIEWDB_TEST_HOOK_UNSET\"\n";
+        for (top, tables, names) in [
+            (
+                "",
+                unset.to_owned(),
+                "webhooks[0].secret_env: the environment variable PREVIEWDB_TEST_HOOK_UNSET",
+            ),
+            (
+                "",
+                format!("{HOOK}events = [\"exploded\"]\n"),
+                "webhooks[0].events[0]: unknown event \"exploded\"",
+            ),
+            ("", format!("{HOOK}events = []\n"), "webhooks[0].events"),
+            ("", HOOK.replace("https", "ftp"), "webhooks[0].url"),
+            ("", format!("{HOOK}name = \"a b\"\n"), "webhooks[0].name"),
+            (
+                "audit_retention = \"forever\"",
+                String::new(),
+                "audit_retention",
+            ),
+            (
+                "expiring_notice = \"soon\"",
+                String::new(),
+                "expiring_notice",
+            ),
+        ] {
+            let e = format!("{:#}", parse(top, &tables).unwrap_err());
+            assert!(e.contains(names), "{top}{tables}: {e}");
+        }
+    }
+}

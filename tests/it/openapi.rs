@@ -22,6 +22,8 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/environments/{ref}/credentials", &["post"]),
     ("/v1/environments/{ref}/reset", &["post"]),
     ("/v1/environments/{ref}/migrate", &["post"]),
+    ("/v1/environments/{ref}/events", &["get"]),
+    ("/v1/events", &["get"]),
     ("/v1/blueprints", &["get"]),
     ("/v1/blueprints/{name}", &["get"]),
     ("/v1/blueprints/{name}/prepare", &["post"]),
