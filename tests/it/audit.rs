@@ -421,8 +421,21 @@ async fn a_delivery_outlives_a_sigkill_of_the_service() {
     let key = format!("{}/web#1", org());
     let (status, env) = r.post("/v1/environments", json!({ "key": key })).await;
     assert_eq!(status, StatusCode::CREATED, "{env}");
-    r.kill();
     let db = control().await;
+    // The receiver is down: the first attempt fails, and the service is killed after it.
+    until(Duration::from_secs(10), "a failed attempt", || async {
+        db.query_one(
+            "SELECT count(*) FROM deliveries d JOIN events e ON e.id = d.event_id \
+             WHERE e.key = $1 AND d.attempts >= 1 AND d.last_error IS NOT NULL",
+            &[&key],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    r.kill();
     let pending: i64 = db
         .query_one(
             "SELECT count(*) FROM deliveries d JOIN events e ON e.id = d.event_id \
