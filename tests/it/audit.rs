@@ -314,6 +314,33 @@ async fn a_sequence_of_changes_is_told_in_order_with_actors_and_request_ids() {
         .collect();
     assert_eq!(summary(&Value::Array(mine)), want);
 
+    // A create that fails is told as `failed`, an error with the server's message.
+    let bad = format!("{key}-bad");
+    let body = json!({ "key": bad, "migrations": [{ "name": "V1__bad.sql", "sql": "SELEC 1;" }] });
+    let (status, problem) = call(
+        &r,
+        Method::POST,
+        "/v1/environments",
+        ADMIN_TOKEN,
+        Some("rq-bad"),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    let (_, page) = call(&r, Method::GET, &events_path(&bad), ADMIN_TOKEN, None, None).await;
+    assert_eq!(
+        summary(&page["items"]),
+        [("failed".into(), "admin".into(), Some("rq-bad".into()))]
+    );
+    assert_eq!(page["items"][0]["outcome"], "error");
+    assert!(
+        page["items"][0]["detail"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("SELEC"),
+        "{page}"
+    );
+
     for (query, names) in [
         ("since=yesterday", "since"),
         ("limit=0", "limit"),
