@@ -29,7 +29,12 @@ pub async fn run_deliveries(envs: Arc<Environments>) {
     if envs.audit.webhooks.is_empty() {
         return;
     }
-    let http = match reqwest::Client::builder().timeout(POST_TIMEOUT).build() {
+    // A redirect is an answer that is not a 2xx: it is not followed (a POST would turn into a GET).
+    let http = reqwest::Client::builder()
+        .timeout(POST_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build();
+    let http = match http {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "webhooks: no HTTP client; nothing will be delivered");

@@ -653,3 +653,48 @@ async fn events_of_deleted_environments_go_after_the_retention() {
         "a live environment's events stay"
     );
 }
+
+#[tokio::test]
+async fn the_reconciler_is_the_actor_of_rolling_back_an_interrupted_create() {
+    let mut r = replica("", "").await;
+    let key = format!("{}/web#1", org());
+    // A create whose migration sleeps, SIGKILLed while it runs.
+    let (http, url) = (r.http.clone(), format!("{}/v1/environments", r.base));
+    let body = json!({ "key": key, "migrations": [{ "name": "V1__sleep.sql", "sql": "SELECT pg_sleep(3600);" }] });
+    let create = tokio::spawn(async move {
+        let _ = http
+            .post(url)
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await;
+    });
+    let db = control().await;
+    until(Duration::from_secs(20), "provisioning", || async {
+        db.query_opt(
+            "SELECT 1 FROM environments WHERE key = $1 AND state = 'provisioning'",
+            &[&key],
+        )
+        .await
+        .unwrap()
+        .is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.kill();
+    create.abort();
+    r.restart().await;
+    // Once the dead replica's lease on the key has run out (15 s).
+    until(Duration::from_secs(45), "reconciled", || async {
+        count_events(&db, &key, Some("reconciled")).await == 1
+    })
+    .await;
+    let (_, page) = r.get(&events_path(&key)).await;
+    let events = summary(&page["items"]);
+    assert_eq!(
+        events,
+        [("reconciled".into(), "reconciler".into(), None)],
+        "{page}"
+    );
+    assert_eq!(page["items"][0]["detail"]["was"], "provisioning");
+}
