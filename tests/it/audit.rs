@@ -210,6 +210,28 @@ impl Drop for Receiver {
     }
 }
 
+/// What in `body` does not match the OpenAPI document's `WebhookDelivery`.
+fn delivery_schema_errors(body: &Value) -> Vec<String> {
+    const URI: &str = "urn:previewdb:openapi";
+    let doc: Value = serde_json::from_str(include_str!("../../src/http/openapi.json")).unwrap();
+    let registry = jsonschema::Registry::new()
+        .draft(jsonschema::Draft::Draft202012)
+        .add(URI, doc)
+        .unwrap()
+        .prepare()
+        .unwrap();
+    let validator = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .should_validate_formats(true)
+        .with_registry(&registry)
+        .build(&json!({ "$ref": format!("{URI}#/components/schemas/WebhookDelivery") }))
+        .unwrap();
+    validator
+        .iter_errors(body)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect()
+}
+
 fn signed_correctly(r: &Received) -> bool {
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
     mac.update(&r.body);
@@ -409,6 +431,8 @@ async fn a_failing_receiver_gets_the_event_on_the_third_try_signed_and_with_one_
         assert!(signed_correctly(g), "bad signature: {:?}", g.headers);
         assert_eq!(g.header("x-previewdb-event"), "created");
         let body = g.json();
+        let errors = delivery_schema_errors(&body);
+        assert!(errors.is_empty(), "{errors:?}\n{body:#}");
         assert_eq!(body["event"], "created");
         assert_eq!(body["actor"], "admin");
         assert_eq!(body["outcome"], "ok");
